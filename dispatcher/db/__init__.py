@@ -1,0 +1,1 @@
+"""Database: schema (``models``), engine lifecycle (``engine``), queries (``store``)."""
