@@ -257,6 +257,7 @@ class HealthServer:
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), self.request_timeout)
         except asyncio.LimitOverrunError:
             await self._respond(writer, "GET", 431, {"error": "request head too large"})
+            await self._discard_input(reader)
             return
         lines = head.decode("latin-1").split("\r\n")
         parts = lines[0].split(" ")
@@ -289,6 +290,15 @@ class HealthServer:
             encoder, content_type = choose_encoder(headers.get("accept", ""))
             payload = encoder(self.registry)
             await self._write(writer, method, 200, payload, content_type)
+
+    @staticmethod
+    async def _discard_input(reader: asyncio.StreamReader, limit: int = 1 << 20) -> None:
+        """Read what the client still sends (briefly), so closing does not reset the
+        connection before the client has read our error response."""
+        with contextlib.suppress(TimeoutError, ConnectionError):
+            async with asyncio.timeout(1):
+                while limit > 0 and (chunk := await reader.read(min(limit, 65536))):
+                    limit -= len(chunk)
 
     async def _respond(
         self,

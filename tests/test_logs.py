@@ -231,8 +231,8 @@ def test_register_settings_secrets() -> None:
     from dispatcher.settings import Settings
 
     settings = Settings(
-        database_url="postgresql+asyncpg://d:db%2Fpw@db/dispatcher",  # type: ignore[arg-type]
-        amqp_url="amqp://a:amqp-one@r1/,amqp://a:amqp-two@r2/",  # type: ignore[arg-type]
+        database_url="postgresql+asyncpg://d:db%2Fpw@db/dispatcher",
+        amqp_url="amqp://a:amqp-one@r1/,amqp://a:amqp-two@r2/",
     )
     register_settings_secrets(settings)
     stream = _setup("json")
@@ -244,8 +244,8 @@ def test_register_settings_secrets_from_password_field() -> None:
     from dispatcher.settings import Settings
 
     settings = Settings(
-        database_url="postgresql+asyncpg://d@db/dispatcher",  # type: ignore[arg-type]
-        database_password="from-the-file",  # type: ignore[arg-type]
+        database_url="postgresql+asyncpg://d@db/dispatcher",
+        database_password="from-the-file",
     )
     register_settings_secrets(settings)
     stream = _setup("text")
