@@ -111,6 +111,8 @@ class Settings(BaseSettings):
     db_retry_max: float = Field(30.0, gt=0)
 
     http_listen: str = "127.0.0.1:9187"
+    # test seam: processing raises for these instance names (fault tests); empty in production
+    fault_inject_instances: frozenset[str] = frozenset()
 
     rapi_timeout: float = Field(30.0, gt=0)
     # eventd (runs on the Ganeti master)
@@ -184,4 +186,4 @@ class Settings(BaseSettings):
 
 
 def load_settings(**overrides: Any) -> Settings:
-    return Settings(_env_file=_env_files(), **overrides)  # type: ignore[call-arg]
+    return Settings(_env_file=_env_files(), **overrides)

@@ -235,4 +235,3 @@ class NetworkEvent(Base):
     event_time: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     body: Mapped[dict[str, Any]] = mapped_column(JSONB)
     received: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=_now())
-

@@ -1,0 +1,80 @@
+"""The ``dispatcher`` command line (CONTRACT §6).
+
+Exit codes: 0 success, 1 the operation failed (one line on stderr), 2 bad usage or input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+
+from pydantic import ValidationError
+
+from dispatcher import __version__
+from dispatcher.cli import backends, daemon, flavors, networks, queues, servers
+from dispatcher.cli.common import EXIT_FAILED, EXIT_USAGE, CommandError, UsageError
+from dispatcher.db.errors import is_transient
+from dispatcher.logs import register_settings_secrets, setup_logging
+from dispatcher.settings import Settings, load_settings, redact_url
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dispatcher", description="Keep the cloud database in step with Ganeti clusters."
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    daemon.register(sub)
+    backends.register(sub)
+    flavors.register(sub)
+    networks.register(sub)
+    servers.register(sub)
+    queues.register(sub)
+    return parser
+
+
+def _settings_error(exc: ValidationError) -> str:
+    err = exc.errors(include_url=False)[0]
+    name = "DISPATCHER_" + "_".join(str(p) for p in err["loc"]).upper()
+    return f"invalid setting {name}: {err['msg']}"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        settings: Settings = load_settings()
+    except ValidationError as exc:
+        print(f"dispatcher: {_settings_error(exc)}", file=sys.stderr)
+        return EXIT_USAGE
+    except (OSError, ValueError) as exc:
+        print(f"dispatcher: cannot load settings: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    register_settings_secrets(settings)
+    setup_logging(settings.log_level, settings.log_format)
+    try:
+        code: int = asyncio.run(args.handler(args, settings))
+        return code
+    except UsageError as exc:
+        print(f"dispatcher: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except CommandError as exc:
+        print(f"dispatcher: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # noqa: BLE001 - one line for the operator, never a traceback
+        print(f"dispatcher: {_one_line(exc, settings)}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+def _one_line(exc: BaseException, settings: Settings) -> str:
+    if is_transient(exc):
+        where = redact_url(settings.database_url.get_secret_value())
+        return f"database unavailable at {where}: {type(exc).__name__}"
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    from dispatcher.logs import redact
+
+    return redact(f"{type(exc).__name__}: {text}")[:300]

@@ -1,0 +1,87 @@
+"""Commands around the daemon: ``migrate``, ``run``, ``simulate``, ``healthcheck``,
+``config``."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from dispatcher import daemon as daemon_main
+from dispatcher import migrate as migrations
+from dispatcher.cli.common import CommandError, UsageError, command, emit_json, emit_object
+from dispatcher.db.engine import engine_scope
+from dispatcher.health import healthcheck_main
+from dispatcher.settings import Settings
+from dispatcher.topology import TopologyError
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    command(
+        sub.add_parser("migrate", help="upgrade the database schema to the latest version"), migrate
+    )
+    command(sub.add_parser("run", help="the daemon, in the foreground"), run, json_flag=False)
+    p = sub.add_parser("simulate", help="publish a realistic event stream for simulated VMs")
+    p.add_argument("--vms", type=int, required=True)
+    p.add_argument("--rate", type=float, default=0, help="messages per second (0: at once)")
+    p.add_argument("--seed", type=int)
+    p.add_argument(
+        "--reorder",
+        type=int,
+        default=50,
+        help="shuffle window: messages move up to this many places (0: in order)",
+    )
+    p.add_argument("--duplicates", type=float, default=0.15, help="share re-emitted (0-1)")
+    p.add_argument("--expect", type=Path, help="write the expected final states (JSON) here")
+    command(p, simulate)
+    command(
+        sub.add_parser("healthcheck", help="exit 0 if the running daemon is ready"),
+        healthcheck,
+        json_flag=False,
+    )
+    config = sub.add_parser("config", help="settings").add_subparsers(dest="action", required=True)
+    command(config.add_parser("show", help="the effective settings, secrets masked"), config_show)
+
+
+async def migrate(args: argparse.Namespace, settings: Settings) -> int:
+    async with engine_scope(settings, pool_size=1) as engine:
+        await migrations.upgrade(engine)
+        rev = await migrations.current(engine)
+    emit_json({"revision": rev}) if args.json else print(f"database at revision {rev}")
+    return 0
+
+
+async def run(args: argparse.Namespace, settings: Settings) -> int:
+    try:
+        return await daemon_main.run(settings)
+    except TopologyError as exc:
+        raise CommandError(str(exc)) from None
+
+
+async def simulate(args: argparse.Namespace, settings: Settings) -> int:
+    from dispatcher.simulate import simulate as simulate_stream
+
+    if args.vms < 1 or args.rate < 0 or not 0 <= args.duplicates <= 1 or args.reorder < 0:
+        raise UsageError("--vms must be ≥ 1, --rate ≥ 0, --duplicates within 0-1, --reorder ≥ 0")
+    async with engine_scope(settings, pool_size=1) as engine:
+        summary = await simulate_stream(
+            settings,
+            engine,
+            vms=args.vms,
+            rate=args.rate,
+            seed=args.seed,
+            reorder=args.reorder,
+            duplicate_rate=args.duplicates,
+            expect=args.expect,
+        )
+    emit_json(summary) if args.json else emit_object(summary)
+    return 0
+
+
+async def healthcheck(args: argparse.Namespace, settings: Settings) -> int:
+    return healthcheck_main(settings.http_listen)
+
+
+async def config_show(args: argparse.Namespace, settings: Settings) -> int:
+    doc = settings.public_dict()
+    emit_json(doc) if args.json else emit_object(doc)
+    return 0

@@ -1,0 +1,57 @@
+"""``dispatcher queue inspect|retry``: the dead-letter queues."""
+
+from __future__ import annotations
+
+import argparse
+
+import aio_pika
+
+from dispatcher import deadletter
+from dispatcher.cli.common import CommandError, UsageError, command, emit_json, emit_table
+from dispatcher.settings import Settings
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    queue = sub.add_parser("queue", help="dead-letter queues").add_subparsers(
+        dest="action", required=True
+    )
+    p = queue.add_parser("inspect", help="list a queue's dead letters without removing them")
+    p.add_argument("queue", help="the live queue's name, e.g. snf-events-op")
+    p.add_argument("--limit", type=int, default=None)
+    command(p, inspect)
+    p = queue.add_parser("retry", help="re-publish dead letters to where they came from")
+    p.add_argument("queue", nargs="?")
+    command(p, retry)
+
+
+async def inspect(args: argparse.Namespace, settings: Settings) -> int:
+    try:
+        letters = await deadletter.inspect(settings, args.queue, args.limit)
+    except deadletter.UnknownQueue as exc:
+        raise UsageError(str(exc)) from None
+    except (ConnectionError, aio_pika.exceptions.AMQPError) as exc:
+        raise CommandError(f"broker unavailable: {type(exc).__name__}: {exc}") from None
+    if args.json:
+        emit_json([d.as_dict() for d in letters])
+    else:
+        rows = [
+            {"#": i, "failed_at": d.failed_at, "reason": d.reason, "body": d.body[:80]}
+            for i, d in enumerate(letters)
+        ]
+        emit_table(rows, ["#", "failed_at", "reason", "body"])
+    return 0
+
+
+async def retry(args: argparse.Namespace, settings: Settings) -> int:
+    try:
+        counts = await deadletter.retry(settings, args.queue)
+    except deadletter.UnknownQueue as exc:
+        raise UsageError(str(exc)) from None
+    except (ConnectionError, aio_pika.exceptions.AMQPError) as exc:
+        raise CommandError(f"broker unavailable: {type(exc).__name__}: {exc}") from None
+    if args.json:
+        emit_json({"retried": counts})
+    else:
+        for queue, n in counts.items():
+            print(f"{queue}: {n} re-published")
+    return 0

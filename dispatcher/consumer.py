@@ -1,0 +1,291 @@
+"""The AMQP side of the daemon: connect (failing over between broker URLs), declare the
+topology, consume the four queues into one buffer, hand batches to the ``Processor`` and
+carry out its decisions. Acks go out only after the batch's transaction has committed and
+its dead letters and retries have been confirmed by the broker.
+
+All four queues share one channel, and batches are handled one after the other, so every
+delivery tag up to the last one of a batch belongs to that batch or an earlier one: a single
+``multiple=True`` ack settles the batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import aio_pika
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractConnection,
+    AbstractExchange,
+    AbstractIncomingMessage,
+    AbstractQueue,
+)
+
+from dispatcher import metrics
+from dispatcher.logs import log_context
+from dispatcher.processor import RETRIES_HEADER, Decision, Delivery, Processor, Verdict
+from dispatcher.settings import Settings, redact_url
+from dispatcher.topology import DL_EXCHANGE, EXCHANGE, QueueSpec, TopologyError, declare, queues
+
+log = logging.getLogger(__name__)
+
+ERROR_HEADER = "x-dispatcher-error"
+QUEUE_HEADER = "x-dispatcher-queue"
+ORIG_EXCHANGE_HEADER = "x-dispatcher-original-exchange"
+ORIG_KEY_HEADER = "x-dispatcher-original-routing-key"
+FAILED_AT_HEADER = "x-dispatcher-failed-at"
+
+_STOP = object()
+
+
+@dataclass
+class ConsumerState:
+    broker_connected: bool = False
+    consuming: bool = False
+    database_ok: bool = True
+    reconnects: int = 0
+    on_consuming: list[Callable[[], None]] = field(default_factory=list)
+
+
+class Consumer:
+    def __init__(
+        self,
+        settings: Settings,
+        processor: Processor,
+        *,
+        state: ConsumerState | None = None,
+        connect: Callable[..., Any] = aio_pika.connect,
+    ) -> None:
+        self._settings = settings
+        self._processor = processor
+        self._connect = connect
+        self.state = state or ConsumerState()
+        self._specs = queues(settings.prefix)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Consume until ``stop`` is set; reconnect by itself after any broker failure."""
+        urls = self._settings.amqp_urls
+        attempt, delay = 0, 0.5
+        first = True
+        while not stop.is_set():
+            url = urls[attempt % len(urls)]
+            attempt += 1
+            try:
+                conn = await self._connect(
+                    url, timeout=10, client_properties={"connection_name": "ganeti-dispatcher"}
+                )
+            except (TimeoutError, OSError, ConnectionError, aio_pika.exceptions.AMQPError) as exc:
+                log.warning("broker %s unreachable: %s", redact_url(url), _short(exc))
+                await _wait(stop, delay)
+                delay = min(delay * 2, 10.0)
+                continue
+            delay = 0.5
+            if not first:
+                self.state.reconnects += 1
+                metrics.AMQP_RECONNECTS.inc()
+            first = False
+            log.info("connected to broker %s", redact_url(url))
+            try:
+                await self._session(conn, stop)
+            except TopologyError:
+                raise
+            except (TimeoutError, OSError, ConnectionError, aio_pika.exceptions.AMQPError) as exc:
+                log.warning("broker connection lost: %s", _short(exc))
+            finally:
+                self._set_connected(False)
+                with contextlib.suppress(Exception):
+                    await conn.close()
+
+    def _set_connected(self, up: bool) -> None:
+        self.state.broker_connected = up
+        self.state.consuming = up and self.state.consuming
+        metrics.AMQP_CONNECTED.set(1 if up else 0)
+        metrics.CONSUMING.set(1 if self.state.consuming else 0)
+
+    async def _session(self, conn: AbstractConnection, stop: asyncio.Event) -> None:
+        closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        def _on_close(*_: Any) -> None:
+            if not closed.done():
+                closed.set_result(None)
+
+        conn.close_callbacks.add(_on_close)
+        channel = await conn.channel(publisher_confirms=True)
+        await channel.set_qos(prefetch_count=self._settings.prefetch)
+        live = await declare(channel, self._settings)
+        dl_exchange = await channel.get_exchange(DL_EXCHANGE, ensure=False)
+        self._set_connected(True)
+        buffer: asyncio.Queue[Any] = asyncio.Queue()
+        tags: list[tuple[AbstractQueue, str]] = []
+        for spec in self._specs:
+            queue = live[spec.name]
+
+            async def on_message(message: AbstractIncomingMessage, spec: QueueSpec = spec) -> None:
+                buffer.put_nowait((spec, message))
+
+            tags.append((queue, await queue.consume(on_message, no_ack=False)))
+        self.state.consuming = True
+        metrics.CONSUMING.set(1)
+        for cb in self.state.on_consuming:
+            cb()
+        worker = asyncio.create_task(self._work(buffer, channel, dl_exchange, stop))
+        stop_wait = asyncio.create_task(stop.wait())
+        try:
+            waiters: set[asyncio.Future[None]] = {worker, stop_wait, closed}  # type: ignore[arg-type]
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            if worker.done():
+                worker.result()  # a bug in the worker: let it propagate
+            if closed.done():
+                raise ConnectionError("broker closed the connection")
+            # graceful stop: take no more, finish what was delivered, then close
+            self.state.consuming = False
+            metrics.CONSUMING.set(0)
+            for queue, tag in tags:
+                with contextlib.suppress(Exception):
+                    await queue.cancel(tag)
+            buffer.put_nowait(_STOP)
+            done, _ = await asyncio.wait({worker}, timeout=self._settings.shutdown_grace)
+            if not done:
+                log.warning("shutdown grace elapsed; unfinished messages go back to the queue")
+        finally:
+            stop_wait.cancel()
+            if not worker.done():
+                worker.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await worker
+            self.state.consuming = False
+            metrics.CONSUMING.set(0)
+
+    async def _work(
+        self,
+        buffer: asyncio.Queue[Any],
+        channel: AbstractChannel,
+        dl_exchange: AbstractExchange,
+        stop: asyncio.Event,
+    ) -> None:
+        limit = self._settings.batch_size
+        while True:
+            item = await buffer.get()
+            if item is _STOP:
+                return
+            batch = [item]
+            finishing = False
+            while len(batch) < limit and not buffer.empty():
+                nxt = buffer.get_nowait()
+                if nxt is _STOP:
+                    finishing = True
+                    break
+                batch.append(nxt)
+            await self._handle(batch, channel, dl_exchange)
+            if finishing:
+                return
+
+    async def _handle(
+        self,
+        batch: list[tuple[QueueSpec, AbstractIncomingMessage]],
+        channel: AbstractChannel,
+        dl_exchange: AbstractExchange,
+    ) -> None:
+        started = time.perf_counter()
+        deliveries = [Delivery(spec, m.body, dict(m.headers or {})) for spec, m in batch]
+        decisions = await self._processor.handle(deliveries)
+        for (spec, message), decision in zip(batch, decisions, strict=True):
+            if decision.verdict is Verdict.DEAD_LETTER:
+                await self._dead_letter(dl_exchange, spec, message, decision.reason)
+            elif decision.verdict is Verdict.RETRY:
+                await self._requeue(channel, spec, message, decision.reason)
+        await batch[-1][1].ack(multiple=True)
+        elapsed = time.perf_counter() - started
+        metrics.PROCESSING_SECONDS.observe(elapsed)
+        metrics.BATCH_SIZE.observe(len(batch))
+        self._account(batch, decisions)
+
+    def _account(
+        self, batch: list[tuple[QueueSpec, AbstractIncomingMessage]], decisions: list[Decision]
+    ) -> None:
+        now = time.time()
+        for (spec, _), d in zip(batch, decisions, strict=True):
+            metrics.MESSAGES.labels(spec.name, d.verdict.value).inc()
+            msg = d.message
+            fields: dict[str, Any] = {"queue": spec.name, "outcome": d.verdict.value}
+            if msg is not None:
+                fields["type"] = msg.type
+                fields["instance" if hasattr(msg, "instance") else "network"] = getattr(
+                    msg, "instance", getattr(msg, "network", None)
+                )
+                if (job := getattr(msg, "jobId", None)) is not None:
+                    fields["job_id"] = job
+                if d.verdict is Verdict.APPLIED:
+                    metrics.EVENT_LAG.observe(max(0.0, now - msg.event_time_us / 1e6))
+            with log_context(**fields):
+                if d.verdict in (Verdict.DEAD_LETTER, Verdict.RETRY):
+                    log.warning("message %s: %s", d.verdict.value, d.reason)
+                elif d.verdict is Verdict.IGNORED:
+                    log.info("message ignored: %s", d.reason)
+                else:
+                    log.debug("message %s", d.verdict.value)
+
+    async def _dead_letter(
+        self,
+        dl_exchange: AbstractExchange,
+        spec: QueueSpec,
+        message: AbstractIncomingMessage,
+        reason: str,
+    ) -> None:
+        headers = _origin_headers(message)
+        headers.update(
+            {
+                ERROR_HEADER: reason,
+                QUEUE_HEADER: spec.name,
+                FAILED_AT_HEADER: datetime.now(UTC).isoformat(timespec="seconds"),
+            }
+        )
+        await dl_exchange.publish(_copy(message, headers), routing_key=spec.routing_key)
+
+    async def _requeue(
+        self,
+        channel: AbstractChannel,
+        spec: QueueSpec,
+        message: AbstractIncomingMessage,
+        reason: str,
+    ) -> None:
+        headers = _origin_headers(message)
+        tries = headers.get(RETRIES_HEADER, 0)
+        headers[RETRIES_HEADER] = (tries if isinstance(tries, int) else 0) + 1
+        headers[ERROR_HEADER] = reason
+        # straight back to the same queue through the default exchange
+        await channel.default_exchange.publish(_copy(message, headers), routing_key=spec.name)
+
+
+def _origin_headers(message: AbstractIncomingMessage) -> dict[str, Any]:
+    headers = dict(message.headers or {})
+    headers.setdefault(ORIG_EXCHANGE_HEADER, message.exchange or EXCHANGE)
+    headers.setdefault(ORIG_KEY_HEADER, message.routing_key or "")
+    return headers
+
+
+def _copy(message: AbstractIncomingMessage, headers: dict[str, Any]) -> aio_pika.Message:
+    return aio_pika.Message(
+        body=message.body,
+        headers=headers,
+        content_type=message.content_type or "application/json",
+        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        message_id=message.message_id,
+        timestamp=message.timestamp,
+    )
+
+
+async def _wait(stop: asyncio.Event, delay: float) -> None:
+    with contextlib.suppress(asyncio.TimeoutError):
+        await asyncio.wait_for(stop.wait(), delay)
+
+
+def _short(exc: BaseException) -> str:
+    return " ".join(f"{type(exc).__name__}: {exc}".split())[:200]

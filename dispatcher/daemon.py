@@ -1,0 +1,118 @@
+"""``dispatcher run``: the composition root. Every resource is entered on one exit stack,
+so teardown runs in reverse order whatever happens; signals only set the stop event."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Callable
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from dispatcher.consumer import Consumer, ConsumerState
+from dispatcher.db.engine import engine_scope
+from dispatcher.db.errors import is_transient
+from dispatcher.db.store import EventStore
+from dispatcher.health import HealthServer
+from dispatcher.messages import Message
+from dispatcher.processor import Processor
+from dispatcher.sdnotify import Notifier, watchdog_task
+from dispatcher.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+async def database_answers(engine: AsyncEngine, limit: float = 2.0) -> bool:
+    try:
+        async with asyncio.timeout(limit), engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+    except Exception as exc:  # noqa: BLE001 - any failure means "not reachable now"
+        if not is_transient(exc):
+            log.warning("database check failed: %s", exc)
+        return False
+    return True
+
+
+async def _wait_for_database(engine: AsyncEngine, stop: asyncio.Event, notifier: Notifier) -> bool:
+    delay = 0.5
+    while not stop.is_set():
+        if await database_answers(engine, limit=10):
+            return True
+        notifier.status("waiting for the database")
+        log.warning("database not reachable; retrying in %.1f s", delay)
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(stop.wait(), delay)
+        delay = min(delay * 2, 10.0)
+    return False
+
+
+def fault_injector(settings: Settings) -> Callable[[Message], None] | None:
+    """Test seam: make processing raise for the named instances (see README, testing)."""
+    names = settings.fault_inject_instances
+    if not names:
+        return None
+
+    def fail(msg: Message) -> None:
+        if getattr(msg, "instance", None) in names:
+            raise RuntimeError(f"injected fault for {msg.instance}")  # type: ignore[union-attr]
+
+    return fail
+
+
+def _ignore(_: object) -> None:
+    return None
+
+
+async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> int:
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    notifier = Notifier()
+    state = ConsumerState()
+    try:
+        async with contextlib.AsyncExitStack() as stack:
+            engine = await stack.enter_async_context(engine_scope(settings))
+
+            async def readiness() -> dict[str, bool]:
+                return {
+                    "database": await database_answers(engine),
+                    "broker": state.broker_connected,
+                    "consuming": state.consuming,
+                }
+
+            await stack.enter_async_context(HealthServer(settings.http_listen, readiness))
+            await stack.enter_async_context(watchdog_task(notifier))
+            notifier.status("connecting to the database")
+            if not await _wait_for_database(engine, stop, notifier):
+                return 0
+
+            def on_db_state(ok: bool) -> None:
+                if state.database_ok != ok:
+                    notifier.status("consuming" if ok else "database unavailable, retrying")
+                    if not ok:
+                        from dispatcher import metrics
+
+                        metrics.DB_RECONNECTS.inc()
+                state.database_ok = ok
+
+            processor = Processor(
+                EventStore(engine, settings.prefix),
+                max_retries=settings.max_retries,
+                retry_max_delay=settings.db_retry_max,
+                on_db_state=on_db_state,
+                fault=fault_injector(settings),
+            )
+            state.on_consuming.append(lambda: _ignore(notifier.ready("consuming")))
+            notifier.status("connecting to the broker")
+            await Consumer(settings, processor, state=state).run(stop)
+            notifier.stopping("stopping")
+            log.info("stopped")
+            return 0
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+        notifier.close()

@@ -1,0 +1,201 @@
+"""Wire models of the inbound messages (CONTRACT §4) and ``parse``: bytes in, a typed
+message or an ``InvalidMessage`` with a one-line reason out. No I/O.
+
+Strict on what the contract requires (a number sent as a string is the wrong type, ``bool``
+is not an ``int``), tolerant of extra fields (they are dropped, so they never reach the
+history or its deduplication digest).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Annotated, Final, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    TypeAdapter,
+    ValidationError,
+)
+from pydantic_core import from_json
+
+MAX_BODY: Final = 1024 * 1024
+
+Status = Literal["queued", "waiting", "canceling", "running", "canceled", "success", "error"]
+STATUSES: Final = ("queued", "waiting", "canceling", "running", "canceled", "error", "success")
+# the tie-break order of CONTRACT §5.2
+STATUS_RANK: Final = {s: i for i, s in enumerate(STATUSES)}
+FINALIZED: Final = frozenset({"canceled", "success", "error"})
+
+_INT64_MAX: Final = 2**63 - 1
+
+
+def _event_time(v: list[int]) -> list[int]:
+    if len(v) != 2:
+        raise ValueError("event_time must be [seconds, microseconds]")
+    sec, usec = v
+    if sec < 0 or not 0 <= usec <= 999_999 or sec > 10**11:
+        raise ValueError("event_time out of range")
+    return v
+
+
+def _job_id(v: int) -> int:
+    if not 0 <= v <= _INT64_MAX:
+        raise ValueError("jobId out of range")
+    return v
+
+
+EventTime = Annotated[list[StrictInt], AfterValidator(_event_time)]
+JobId = Annotated[StrictInt, AfterValidator(_job_id)]
+Number = Annotated[StrictInt | StrictFloat, Field(allow_inf_nan=False)]
+Name = Annotated[StrictStr, Field(max_length=255)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="ignore", strict=True, frozen=True)
+
+
+class Nic(_Model):
+    network: Name
+    mac: StrictStr | None = None
+    ip: StrictStr | None = None
+    ipv6: StrictStr | None = None
+    firewall: StrictStr | None = None
+    link: StrictStr | None = None
+    mode: StrictStr | None = None
+    name: StrictStr | None = None
+
+
+class _Event(_Model):
+    event_time: EventTime
+
+    @property
+    def event_time_us(self) -> int:
+        return self.event_time[0] * 1_000_000 + self.event_time[1]
+
+    def digest(self) -> bytes:
+        """Identity of the message's content: two deliveries of one event share it."""
+        return hashlib.sha256(self.model_dump_json().encode()).digest()[:16]
+
+
+class OpStatus(_Event):
+    type: Literal["ganeti-op-status"]
+    instance: Name
+    operation: StrictStr
+    jobId: JobId
+    status: Status
+    logmsg: StrictStr | None
+    cluster: StrictStr | None = None
+    nics: list[Nic] | None = None
+    instance_nics: list[Nic] | None = None
+
+    @property
+    def nic_list(self) -> list[Nic] | None:
+        return self.nics if self.nics is not None else self.instance_nics
+
+
+class NetStatus(_Event):
+    type: Literal["ganeti-net-status"]
+    instance: Name
+    nics: list[Nic]
+
+
+class CreateProgress(_Event):
+    type: Literal["ganeti-create-progress"]
+    instance: Name
+    rprogress: Number
+
+
+class ImageCopyProgress(_Event):
+    type: Literal["image-copy-progress"]
+    instance: Name
+    progress: Number
+
+
+class ImageDiagnostic(_Event):
+    type: Literal["image-info", "image-warning", "image-error", "image-helper"]
+    instance: Name
+    messages: list[StrictStr] | StrictStr | None = None
+    stderr: StrictStr | None = None
+    subtype: StrictStr | None = None
+    task: StrictStr | None = None
+
+
+class NetworkStatus(_Event):
+    type: Literal["ganeti-network-status"]
+    network: Name
+    operation: StrictStr
+    jobId: JobId
+    status: Status
+    logmsg: StrictStr | None
+    cluster: Name
+    subnet: StrictStr | None = None
+    gateway: StrictStr | None = None
+    group_name: StrictStr | None = None
+    add_reserved_ips: list[StrictStr] | None = None
+    remove_reserved_ips: list[StrictStr] | None = None
+
+
+VmMessage = OpStatus | NetStatus | CreateProgress | ImageCopyProgress | ImageDiagnostic
+Message = VmMessage | NetworkStatus
+
+_ADAPTER: Final[TypeAdapter[Message]] = TypeAdapter(Annotated[Message, Field(discriminator="type")])
+
+TYPES: Final = (
+    "ganeti-op-status",
+    "ganeti-net-status",
+    "ganeti-network-status",
+    "ganeti-create-progress",
+    "image-copy-progress",
+    "image-info",
+    "image-warning",
+    "image-error",
+    "image-helper",
+)
+
+
+class InvalidMessage(ValueError):
+    """A message that can never be applied: it goes to the dead-letter queue."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def parse(body: bytes) -> Message:
+    """Validate one message body, raising ``InvalidMessage`` with a one-line reason."""
+    if len(body) > MAX_BODY:
+        raise InvalidMessage(f"body of {len(body)} bytes exceeds the {MAX_BODY}-byte limit")
+    try:
+        return _ADAPTER.validate_json(body)
+    except ValidationError as exc:
+        raise InvalidMessage(_explain(body, exc)) from None
+    except RecursionError:
+        raise InvalidMessage("JSON nested too deeply") from None
+
+
+def _explain(body: bytes, exc: ValidationError) -> str:
+    try:
+        doc = from_json(body)
+    except ValueError as bad:
+        return f"not JSON: {_clip(str(bad))}"
+    if not isinstance(doc, dict):
+        return f"not a JSON object but {type(doc).__name__}"
+    kind = doc.get("type")
+    if kind not in TYPES:
+        return f"unknown type {_clip(repr(kind))}"
+    parts = []
+    for err in exc.errors(include_url=False)[:3]:
+        loc = ".".join(str(p) for p in err["loc"][1:]) or "(body)"
+        parts.append(f"{loc}: {err['msg']}")
+    return _clip(f"invalid {kind}: " + "; ".join(parts), 500)
+
+
+def _clip(text: str, limit: int = 200) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -1,0 +1,149 @@
+"""From a batch of deliveries to a decision per delivery (CONTRACT §5.1, §5.4).
+
+No AMQP types here: the consumer hands in bodies and headers and carries out the decisions
+(ack, dead-letter with a reason, re-queue for another attempt). The database work goes
+through an ``EventStore``; while the database is unreachable the batch is retried with
+back-off, never dead-lettered, so nothing is lost and nothing is taken off the queues.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, Protocol
+
+from dispatcher.db.errors import is_transient
+from dispatcher.db.store import Incoming, Outcome, Result
+from dispatcher.messages import InvalidMessage, Message, parse
+from dispatcher.topology import QueueSpec
+
+log = logging.getLogger(__name__)
+
+RETRIES_HEADER = "x-dispatcher-retries"
+
+
+class Verdict(StrEnum):
+    APPLIED = "applied"
+    DUPLICATE = "duplicate"
+    IGNORED = "ignored"
+    DEAD_LETTER = "dead_lettered"
+    RETRY = "retried"
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    queue: QueueSpec
+    body: bytes
+    headers: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    verdict: Verdict
+    reason: str = ""
+    message: Message | None = None
+
+
+class Store(Protocol):
+    async def apply(self, items: Sequence[Incoming]) -> list[Result]: ...
+
+
+class Processor:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        max_retries: int,
+        retry_max_delay: float,
+        on_db_state: Callable[[bool], None] = lambda ok: None,
+        fault: Callable[[Message], None] | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self._store = store
+        self._max_retries = max_retries
+        self._retry_max_delay = retry_max_delay
+        self._on_db_state = on_db_state
+        self._fault = fault
+        self._sleep = sleep
+
+    async def handle(self, batch: Sequence[Delivery]) -> list[Decision]:
+        decisions: list[Decision | None] = [None] * len(batch)
+        valid: list[tuple[int, Incoming]] = []
+        for i, d in enumerate(batch):
+            try:
+                msg = parse(d.body)
+            except InvalidMessage as exc:
+                decisions[i] = Decision(Verdict.DEAD_LETTER, exc.reason)
+                continue
+            if msg.type not in d.queue.accepts:
+                reason = f"type {msg.type!r} is not accepted on queue {d.queue.name}"
+                decisions[i] = Decision(Verdict.DEAD_LETTER, reason, msg)
+                continue
+            valid.append((i, Incoming.of(msg)))
+        if valid:
+            try:
+                results = await self._apply_with_db_retry([inc for _, inc in valid])
+            except Exception as exc:
+                if is_transient(exc):
+                    raise
+                log.warning("batch of %d failed (%s); applying one by one", len(valid), exc)
+                for i, inc in valid:
+                    one = await self._apply_one(inc, batch[i])
+                    decisions[i] = one if isinstance(one, Decision) else _decision(one, inc.msg)
+                return [d for d in decisions if d is not None]
+            for (i, inc), res in zip(valid, results, strict=True):
+                decisions[i] = _decision(res, inc.msg)
+        return [d for d in decisions if d is not None]
+
+    async def _apply_one(self, inc: Incoming, delivery: Delivery) -> Result | Decision:
+        try:
+            return (await self._apply_with_db_retry([inc]))[0]
+        except Exception as exc:
+            if is_transient(exc):
+                raise
+            tries = _retries(delivery.headers)
+            reason = f"processing failed: {type(exc).__name__}: {exc}"[:500]
+            log.error("message failed (attempt %d): %s", tries + 1, reason)
+            if tries < self._max_retries:
+                return Decision(Verdict.RETRY, reason, inc.msg)
+            return Decision(Verdict.DEAD_LETTER, f"{reason} (after {tries + 1} attempts)", inc.msg)
+
+    async def _apply_with_db_retry(self, items: list[Incoming]) -> list[Result]:
+        delay = 0.1
+        while True:
+            try:
+                if self._fault is not None:
+                    for inc in items:
+                        self._fault(inc.msg)
+                results = await self._store.apply(items)
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                self._on_db_state(False)
+                log.warning("database unavailable (%s); retrying in %.1f s", _short(exc), delay)
+                await self._sleep(delay)
+                delay = min(delay * 2, self._retry_max_delay)
+                continue
+            self._on_db_state(True)
+            return results
+
+
+def _decision(res: Result, msg: Message) -> Decision:
+    verdict = {
+        Outcome.APPLIED: Verdict.APPLIED,
+        Outcome.DUPLICATE: Verdict.DUPLICATE,
+        Outcome.IGNORED: Verdict.IGNORED,
+    }[res.outcome]
+    return Decision(verdict, res.reason, msg)
+
+
+def _retries(headers: Mapping[str, Any]) -> int:
+    value = headers.get(RETRIES_HEADER, 0)
+    return value if isinstance(value, int) and value >= 0 else 0
+
+
+def _short(exc: BaseException) -> str:
+    return " ".join(f"{type(exc).__name__}: {exc}".split())[:200]
