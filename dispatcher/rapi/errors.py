@@ -222,6 +222,8 @@ def _transport_error(exc: Exception, method: str, path: str) -> RapiError:
         cls, text = RapiTimeout, f"timed out ({kind}): {detail}"
     elif _is_certificate_failure(exc):
         cls, text = RapiCertificateError, f"TLS certificate not trusted: {detail}"
+    elif isinstance(exc, httpx.UnsupportedProtocol | httpx.InvalidURL):
+        cls, text = RapiError, f"bad request URL ({kind}): {detail}"
     elif isinstance(exc, httpx.DecodingError):
         cls, text = RapiResponseError, f"undecodable response: {detail}"
     elif isinstance(exc, httpx.TransportError | ssl.SSLError | OSError):
