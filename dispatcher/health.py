@@ -119,6 +119,9 @@ class HealthServer:
 
     ``listen == ""`` disables it: entering the context does nothing and :attr:`port` stays
     None. With port 0, :attr:`port` holds the bound port once started.
+
+    ``readiness`` should bound its own checks below ``readiness_timeout`` (3 s), so that a
+    slow dependency shows up as that check being false rather than as a timeout.
     """
 
     def __init__(
@@ -127,7 +130,7 @@ class HealthServer:
         readiness: Readiness,
         registry: CollectorRegistry = REGISTRY,
         *,
-        readiness_timeout: float = 2.0,
+        readiness_timeout: float = 3.0,
         cache_seconds: float = 1.0,
         request_timeout: float = 5.0,
     ) -> None:
