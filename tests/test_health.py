@@ -259,3 +259,14 @@ def test_probe_url() -> None:
     assert probe_url("[::]:9187", "/livez") == "http://[::1]:9187/livez"
     assert probe_url("[fe80::1]:1") == "http://[fe80::1]:1/readyz"
     assert probe_url("") is None
+
+
+async def test_healthcheck_ignores_proxy_settings(
+    server: HealthServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Containers often carry HTTP(S)_PROXY; the probe of our own loopback must not use it.
+    for var in ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.setenv(var, "http://127.0.0.1:9/")
+    monkeypatch.delenv("no_proxy", raising=False)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    assert await asyncio.to_thread(healthcheck_main, f"127.0.0.1:{server.port}") == 0
