@@ -93,8 +93,11 @@ def _body(msg: Message) -> str:
     return msg.model_dump_json()
 
 
-def _load(body: str) -> Message:
-    return _ADAPTER.validate_json(body)
+def _load(body: str | dict[str, Any]) -> Message:
+    # SQLAlchemy's asyncpg codec hands jsonb back already decoded
+    if isinstance(body, str):
+        return _ADAPTER.validate_json(body)
+    return _ADAPTER.validate_python(body)
 
 
 class _Write(StrEnum):

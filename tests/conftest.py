@@ -1,0 +1,115 @@
+"""Fixtures: the real RabbitMQ and PostgreSQL (started by scripts/services.sh when not yet
+running), a migrated template database, and per-test databases and queue prefixes."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+from collections.abc import AsyncIterator
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import pytest
+
+from tests.support import PYTHON, ROOT, Env, unique_prefix
+
+ADMIN_DB = "postgres"
+TEMPLATE = "dispatcher_test_tpl"
+
+
+def _service_env() -> dict[str, str]:
+    subprocess.run(["bash", str(ROOT / "scripts/services.sh"), "start"], check=True,
+                   capture_output=True, timeout=600)
+    out = subprocess.run(["bash", str(ROOT / "scripts/services.sh"), "env"], check=True,
+                         capture_output=True, text=True).stdout
+    env = {}
+    for line in out.splitlines():
+        line = line.removeprefix("export ").strip()
+        if "=" in line:
+            k, v = line.split("=", 1)
+            env[k] = v.strip("'\"")
+    return env
+
+
+def _with_db(url: str, db: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, f"/{db}", parts.query, parts.fragment))
+
+
+def _pg_dsn(url: str) -> str:
+    return url.replace("postgresql+asyncpg://", "postgresql://", 1)
+
+
+@pytest.fixture(scope="session")
+def service_env() -> dict[str, str]:
+    env = _service_env()
+    env.setdefault("DISPATCHER_TEST_DATABASE_URL", os.environ.get("DISPATCHER_TEST_DATABASE_URL", ""))
+    return env
+
+
+@pytest.fixture(scope="session")
+def base_db_url(service_env: dict[str, str]) -> str:
+    return service_env["DISPATCHER_DATABASE_URL"]
+
+
+@pytest.fixture(scope="session")
+async def template_db(base_db_url: str) -> str:
+    """A database migrated to head once per session; tests clone it."""
+    admin = await asyncpg.connect(_pg_dsn(_with_db(base_db_url, ADMIN_DB)))
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{TEMPLATE}" WITH (FORCE)')
+        await admin.execute(f'CREATE DATABASE "{TEMPLATE}"')
+    finally:
+        await admin.close()
+    env = {**os.environ, "DISPATCHER_DATABASE_URL": _with_db(base_db_url, TEMPLATE)}
+    subprocess.run([PYTHON, "-m", "dispatcher", "migrate"], env=env, check=True,
+                   capture_output=True, cwd=ROOT)
+    return TEMPLATE
+
+
+@pytest.fixture
+async def env(service_env: dict[str, str], base_db_url: str, template_db: str) -> AsyncIterator[Env]:
+    name = "t_" + secrets.token_hex(6)
+    admin = await asyncpg.connect(_pg_dsn(_with_db(base_db_url, ADMIN_DB)))
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"')
+    finally:
+        await admin.close()
+    prefix = unique_prefix()
+    e = Env(
+        vars={
+            "DISPATCHER_DATABASE_URL": _with_db(base_db_url, name),
+            "DISPATCHER_AMQP_URL": service_env["DISPATCHER_AMQP_URL"],
+            "DISPATCHER_PREFIX": prefix,
+            "DISPATCHER_HTTP_LISTEN": "",
+            "DISPATCHER_LOG_LEVEL": "INFO",
+        },
+        database=name,
+    )
+    yield e
+    await _delete_queues(service_env["DISPATCHER_AMQP_URL"], prefix)
+    admin = await asyncpg.connect(_pg_dsn(_with_db(base_db_url, ADMIN_DB)))
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+async def _delete_queues(amqp_url: str, prefix: str) -> None:
+    import aio_pika
+
+    try:
+        conn = await aio_pika.connect(amqp_url, timeout=10)
+    except Exception:  # noqa: BLE001 - a test that stopped the broker cleans up nothing
+        return
+    try:
+        channel = await conn.channel()
+        for stream in ("op", "net", "network", "progress"):
+            for name in (f"{prefix}-events-{stream}", f"{prefix}-events-{stream}-dl"):
+                try:
+                    await channel.queue_delete(name)
+                except Exception:  # noqa: BLE001 - absent queue closes the channel
+                    channel = await conn.channel()
+    finally:
+        await conn.close()

@@ -1,0 +1,175 @@
+"""Test tooling shared by the suites: real services, per-test databases and AMQP prefixes,
+the daemon as a subprocess, and polling with a deadline (never a fixed sleep)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 30.0, interval: float = 0.05,
+               what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what} (last: {last!r})")
+
+
+async def async_wait_until(predicate: Callable[[], Awaitable[Any]], timeout: float = 30.0,
+                           interval: float = 0.05, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = await predicate()
+        if last:
+            return last
+        await asyncio.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what} (last: {last!r})")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def unique_prefix() -> str:
+    return "t" + secrets.token_hex(4)
+
+
+@dataclass
+class Env:
+    """The environment of one test: its own database and its own queue prefix."""
+
+    vars: dict[str, str]
+    database: str
+
+    @property
+    def prefix(self) -> str:
+        return self.vars["DISPATCHER_PREFIX"]
+
+    def cli(self, *args: str, check: bool = True, timeout: float = 120,
+            extra: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, **self.vars, **(extra or {})}
+        proc = subprocess.run([PYTHON, "-m", "dispatcher", *args], env=env, capture_output=True,
+                              text=True, timeout=timeout, cwd=ROOT)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"dispatcher {' '.join(args)} exited {proc.returncode}: "
+                                 f"{proc.stderr.strip()[-2000:]}")
+        return proc
+
+    def json(self, *args: str) -> Any:
+        return json.loads(self.cli(*args, "--json").stdout)
+
+    def settings(self, **overrides: Any) -> Any:
+        from dispatcher.settings import Settings
+
+        values = {k[len("DISPATCHER_"):].lower(): v for k, v in self.vars.items()
+                  if k.startswith("DISPATCHER_")}
+        values.update(overrides)
+        return Settings(**values)
+
+
+@dataclass
+class Daemon:
+    """``dispatcher run`` as a child process, stopped by pid."""
+
+    env: Env
+    extra: dict[str, str] = field(default_factory=dict)
+    proc: subprocess.Popen[bytes] | None = None
+    port: int = 0
+    log_path: Path | None = None
+
+    def start(self, wait_ready: bool = True) -> Daemon:
+        self.port = free_port()
+        env = {**os.environ, **self.env.vars, "DISPATCHER_HTTP_LISTEN": f"127.0.0.1:{self.port}",
+               **self.extra}
+        import tempfile
+
+        fd, name = tempfile.mkstemp(prefix="dispatcher-run-", suffix=".log")
+        os.close(fd)
+        self.log_path = Path(name)
+        with open(name, "wb") as log:
+            self.proc = subprocess.Popen([PYTHON, "-m", "dispatcher", "run"], env=env, cwd=ROOT,
+                                        stdout=log, stderr=subprocess.STDOUT)
+        if wait_ready:
+            self.wait_ready()
+        return self
+
+    def ready(self) -> bool:
+        try:
+            return httpx.get(f"http://127.0.0.1:{self.port}/readyz", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        def ok() -> bool:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise AssertionError(f"daemon exited {self.proc.returncode}: {self.log()[-3000:]}")
+            return self.ready()
+
+        wait_until(ok, timeout, 0.1, "daemon readiness")
+
+    def metrics(self) -> str:
+        return httpx.get(f"http://127.0.0.1:{self.port}/metrics", timeout=5).text
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path else ""
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def stop(self, timeout: float = 30) -> int:
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@contextlib.contextmanager
+def daemon(env: Env, **extra: str) -> Iterator[Daemon]:
+    d = Daemon(env, extra).start()
+    try:
+        yield d
+    finally:
+        d.stop()
+
+
+def op_status(instance: str, operation: str, job: int, status: str, t: tuple[int, int],
+              **extra: Any) -> dict[str, Any]:
+    return {"type": "ganeti-op-status", "instance": instance, "operation": operation,
+            "jobId": job, "status": status, "logmsg": None, "event_time": list(t), **extra}
