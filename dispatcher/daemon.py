@@ -69,9 +69,16 @@ def _ignore(_: object) -> None:
 async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> int:
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     notifier = Notifier()
+
+    def on_signal() -> None:
+        if not stop.is_set():
+            notifier.stopping("stopping")
+            log.info("stop requested")
+        stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal)
     state = ConsumerState()
     try:
         async with contextlib.AsyncExitStack() as stack:
@@ -109,7 +116,6 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> int:
             state.on_consuming.append(lambda: _ignore(notifier.ready("consuming")))
             notifier.status("connecting to the broker")
             await Consumer(settings, processor, state=state).run(stop)
-            notifier.stopping("stopping")
             log.info("stopped")
             return 0
     finally:
