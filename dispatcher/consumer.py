@@ -43,6 +43,7 @@ ORIG_KEY_HEADER = "x-dispatcher-original-routing-key"
 FAILED_AT_HEADER = "x-dispatcher-failed-at"
 
 _STOP = object()
+_BROKER_ERRORS = (OSError, TimeoutError, aio_pika.exceptions.AMQPError)
 
 
 @dataclass
@@ -81,7 +82,7 @@ class Consumer:
                 conn = await self._connect(
                     url, timeout=10, client_properties={"connection_name": "ganeti-dispatcher"}
                 )
-            except (TimeoutError, OSError, ConnectionError, aio_pika.exceptions.AMQPError) as exc:
+            except _BROKER_ERRORS as exc:
                 log.warning("broker %s unreachable: %s", redact_url(url), _short(exc))
                 await _wait(stop, delay)
                 delay = min(delay * 2, 10.0)
@@ -96,7 +97,11 @@ class Consumer:
                 await self._session(conn, stop)
             except TopologyError:
                 raise
-            except (TimeoutError, OSError, ConnectionError, aio_pika.exceptions.AMQPError) as exc:
+            except Exception as exc:
+                # an ack or publish on a channel that just died fails with whatever type the
+                # client raises; once the connection is gone, it is a broker failure
+                if not (conn.is_closed or isinstance(exc, _BROKER_ERRORS)):
+                    raise
                 log.warning("broker connection lost: %s", _short(exc))
             finally:
                 self._set_connected(False)
