@@ -88,7 +88,7 @@ async def env(service_env: dict[str, str], base_db_url: str, template_db: str) -
         database=name,
     )
     yield e
-    await _delete_queues(service_env["DISPATCHER_AMQP_URL"], prefix)
+    await delete_queues(service_env["DISPATCHER_AMQP_URL"], prefix)
     admin = await asyncpg.connect(_pg_dsn(_with_db(base_db_url, ADMIN_DB)))
     try:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
@@ -96,7 +96,7 @@ async def env(service_env: dict[str, str], base_db_url: str, template_db: str) -
         await admin.close()
 
 
-async def _delete_queues(amqp_url: str, prefix: str) -> None:
+async def delete_queues(amqp_url: str, prefix: str) -> None:
     import aio_pika
 
     try:
