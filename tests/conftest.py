@@ -19,10 +19,18 @@ TEMPLATE = "dispatcher_test_tpl"
 
 
 def _service_env() -> dict[str, str]:
-    subprocess.run(["bash", str(ROOT / "scripts/services.sh"), "start"], check=True,
-                   capture_output=True, timeout=600)
-    out = subprocess.run(["bash", str(ROOT / "scripts/services.sh"), "env"], check=True,
-                         capture_output=True, text=True).stdout
+    subprocess.run(
+        ["bash", str(ROOT / "scripts/services.sh"), "start"],
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
+    out = subprocess.run(
+        ["bash", str(ROOT / "scripts/services.sh"), "env"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
     env = {}
     for line in out.splitlines():
         line = line.removeprefix("export ").strip()
@@ -44,7 +52,9 @@ def _pg_dsn(url: str) -> str:
 @pytest.fixture(scope="session")
 def service_env() -> dict[str, str]:
     env = _service_env()
-    env.setdefault("DISPATCHER_TEST_DATABASE_URL", os.environ.get("DISPATCHER_TEST_DATABASE_URL", ""))
+    env.setdefault(
+        "DISPATCHER_TEST_DATABASE_URL", os.environ.get("DISPATCHER_TEST_DATABASE_URL", "")
+    )
     return env
 
 
@@ -63,13 +73,16 @@ async def template_db(base_db_url: str) -> str:
     finally:
         await admin.close()
     env = {**os.environ, "DISPATCHER_DATABASE_URL": _with_db(base_db_url, TEMPLATE)}
-    subprocess.run([PYTHON, "-m", "dispatcher", "migrate"], env=env, check=True,
-                   capture_output=True, cwd=ROOT)
+    subprocess.run(
+        [PYTHON, "-m", "dispatcher", "migrate"], env=env, check=True, capture_output=True, cwd=ROOT
+    )
     return TEMPLATE
 
 
 @pytest.fixture
-async def env(service_env: dict[str, str], base_db_url: str, template_db: str) -> AsyncIterator[Env]:
+async def env(
+    service_env: dict[str, str], base_db_url: str, template_db: str
+) -> AsyncIterator[Env]:
     name = "t_" + secrets.token_hex(6)
     admin = await asyncpg.connect(_pg_dsn(_with_db(base_db_url, ADMIN_DB)))
     try:

@@ -24,8 +24,12 @@ ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
 
 
-def wait_until(predicate: Callable[[], Any], timeout: float = 30.0, interval: float = 0.05,
-               what: str = "condition") -> Any:
+def wait_until(
+    predicate: Callable[[], Any],
+    timeout: float = 30.0,
+    interval: float = 0.05,
+    what: str = "condition",
+) -> Any:
     deadline = time.monotonic() + timeout
     last: Any = None
     while time.monotonic() < deadline:
@@ -36,8 +40,12 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 30.0, interval: fl
     raise AssertionError(f"timed out after {timeout} s waiting for {what} (last: {last!r})")
 
 
-async def async_wait_until(predicate: Callable[[], Awaitable[Any]], timeout: float = 30.0,
-                           interval: float = 0.05, what: str = "condition") -> Any:
+async def async_wait_until(
+    predicate: Callable[[], Awaitable[Any]],
+    timeout: float = 30.0,
+    interval: float = 0.05,
+    what: str = "condition",
+) -> Any:
     deadline = time.monotonic() + timeout
     last: Any = None
     while time.monotonic() < deadline:
@@ -69,14 +77,27 @@ class Env:
     def prefix(self) -> str:
         return self.vars["DISPATCHER_PREFIX"]
 
-    def cli(self, *args: str, check: bool = True, timeout: float = 120,
-            extra: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    def cli(
+        self,
+        *args: str,
+        check: bool = True,
+        timeout: float = 120,
+        extra: dict[str, str] | None = None,
+    ) -> subprocess.CompletedProcess[str]:
         env = {**os.environ, **self.vars, **(extra or {})}
-        proc = subprocess.run([PYTHON, "-m", "dispatcher", *args], env=env, capture_output=True,
-                              text=True, timeout=timeout, cwd=ROOT)
+        proc = subprocess.run(
+            [PYTHON, "-m", "dispatcher", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=ROOT,
+        )
         if check and proc.returncode != 0:
-            raise AssertionError(f"dispatcher {' '.join(args)} exited {proc.returncode}: "
-                                 f"{proc.stderr.strip()[-2000:]}")
+            raise AssertionError(
+                f"dispatcher {' '.join(args)} exited {proc.returncode}: "
+                f"{proc.stderr.strip()[-2000:]}"
+            )
         return proc
 
     def json(self, *args: str) -> Any:
@@ -85,8 +106,11 @@ class Env:
     def settings(self, **overrides: Any) -> Any:
         from dispatcher.settings import Settings
 
-        values = {k[len("DISPATCHER_"):].lower(): v for k, v in self.vars.items()
-                  if k.startswith("DISPATCHER_")}
+        values = {
+            k[len("DISPATCHER_") :].lower(): v
+            for k, v in self.vars.items()
+            if k.startswith("DISPATCHER_")
+        }
         values.update(overrides)
         return Settings(**values)
 
@@ -103,16 +127,25 @@ class Daemon:
 
     def start(self, wait_ready: bool = True) -> Daemon:
         self.port = free_port()
-        env = {**os.environ, **self.env.vars, "DISPATCHER_HTTP_LISTEN": f"127.0.0.1:{self.port}",
-               **self.extra}
+        env = {
+            **os.environ,
+            **self.env.vars,
+            "DISPATCHER_HTTP_LISTEN": f"127.0.0.1:{self.port}",
+            **self.extra,
+        }
         import tempfile
 
         fd, name = tempfile.mkstemp(prefix="dispatcher-run-", suffix=".log")
         os.close(fd)
         self.log_path = Path(name)
         with open(name, "wb") as log:
-            self.proc = subprocess.Popen([PYTHON, "-m", "dispatcher", "run"], env=env, cwd=ROOT,
-                                        stdout=log, stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(
+                [PYTHON, "-m", "dispatcher", "run"],
+                env=env,
+                cwd=ROOT,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
         if wait_ready:
             self.wait_ready()
         return self
@@ -169,7 +202,16 @@ def daemon(env: Env, **extra: str) -> Iterator[Daemon]:
         d.stop()
 
 
-def op_status(instance: str, operation: str, job: int, status: str, t: tuple[int, int],
-              **extra: Any) -> dict[str, Any]:
-    return {"type": "ganeti-op-status", "instance": instance, "operation": operation,
-            "jobId": job, "status": status, "logmsg": None, "event_time": list(t), **extra}
+def op_status(
+    instance: str, operation: str, job: int, status: str, t: tuple[int, int], **extra: Any
+) -> dict[str, Any]:
+    return {
+        "type": "ganeti-op-status",
+        "instance": instance,
+        "operation": operation,
+        "jobId": job,
+        "status": status,
+        "logmsg": None,
+        "event_time": list(t),
+        **extra,
+    }

@@ -56,10 +56,18 @@ async def test_each_type_is_applied(env: Env) -> None:
         await _publish(
             env,
             op_status(inst, "OP_INSTANCE_CREATE", 10, "running", (T0, 0)),
-            {"type": "ganeti-create-progress", "instance": inst, "rprogress": 42.9,
-             "event_time": [T0 + 1, 0]},
-            {"type": "image-warning", "instance": inst, "messages": ["disk", "slow"],
-             "event_time": [T0 + 2, 0]},
+            {
+                "type": "ganeti-create-progress",
+                "instance": inst,
+                "rprogress": 42.9,
+                "event_time": [T0 + 1, 0],
+            },
+            {
+                "type": "image-warning",
+                "instance": inst,
+                "messages": ["disk", "slow"],
+                "event_time": [T0 + 2, 0],
+            },
         )
 
         async def building() -> bool:
@@ -71,11 +79,19 @@ async def test_each_type_is_applied(env: Env) -> None:
         assert s["operstate"] == "BUILD"
         assert s["diagnostics"][0]["level"] == "WARNING"
         assert s["diagnostics"][0]["message"] == "disk slow"
-        nics = [{"network": f"{env.prefix}-net-{pub.id}", "mac": "aa:00:00:00:00:01",
-                 "ip": "192.0.2.5", "firewall": "limited"},
-                {"network": f"{env.prefix}-net-{priv.id}", "mac": "aa:00:00:00:00:02"}]
-        await _publish(env, op_status(inst, "OP_INSTANCE_CREATE", 10, "success", (T0 + 3, 0),
-                                      instance_nics=nics))
+        nics = [
+            {
+                "network": f"{env.prefix}-net-{pub.id}",
+                "mac": "aa:00:00:00:00:01",
+                "ip": "192.0.2.5",
+                "firewall": "limited",
+            },
+            {"network": f"{env.prefix}-net-{priv.id}", "mac": "aa:00:00:00:00:02"},
+        ]
+        await _publish(
+            env,
+            op_status(inst, "OP_INSTANCE_CREATE", 10, "success", (T0 + 3, 0), instance_nics=nics),
+        )
 
         async def started() -> bool:
             return _server(env, vm)["operstate"] == "STARTED"
@@ -86,16 +102,29 @@ async def test_each_type_is_applied(env: Env) -> None:
         assert s["backendtime"] == datetime.fromtimestamp(T0 + 3, UTC).isoformat().replace(
             "+00:00", "Z"
         )
-        assert [(n["index"], n["network_id"], n["mac"], n["ipv4"], n["firewall_profile"])
-                for n in s["nics"]] == [
+        assert [
+            (n["index"], n["network_id"], n["mac"], n["ipv4"], n["firewall_profile"])
+            for n in s["nics"]
+        ] == [
             (0, pub.id, "aa:00:00:00:00:01", "192.0.2.5", "PROTECTED"),
             (1, priv.id, "aa:00:00:00:00:02", "", ""),
         ]
         # net-status replaces the NIC set; an unprotected tag on the public network
-        await _publish(env, {"type": "ganeti-net-status", "instance": inst,
-                             "event_time": [T0 + 4, 0],
-                             "nics": [{"network": f"{env.prefix}-net-{pub.id}",
-                                       "mac": "aa:00:00:00:00:01", "ip": "192.0.2.5"}]})
+        await _publish(
+            env,
+            {
+                "type": "ganeti-net-status",
+                "instance": inst,
+                "event_time": [T0 + 4, 0],
+                "nics": [
+                    {
+                        "network": f"{env.prefix}-net-{pub.id}",
+                        "mac": "aa:00:00:00:00:01",
+                        "ip": "192.0.2.5",
+                    }
+                ],
+            },
+        )
 
         async def one_nic() -> bool:
             return len(_server(env, vm)["nics"]) == 1
@@ -106,12 +135,27 @@ async def test_each_type_is_applied(env: Env) -> None:
         net_name = f"{env.prefix}-net-{priv.id}"
         await _publish(
             env,
-            {"type": "ganeti-network-status", "network": net_name, "operation": "OP_NETWORK_ADD",
-             "jobId": 20, "status": "success", "logmsg": None, "event_time": [T0, 0],
-             "cluster": SIM_CLUSTER},
-            {"type": "ganeti-network-status", "network": net_name,
-             "operation": "OP_NETWORK_CONNECT", "jobId": 21, "status": "success", "logmsg": None,
-             "event_time": [T0 + 1, 0], "cluster": SIM_CLUSTER, "group_name": "default"},
+            {
+                "type": "ganeti-network-status",
+                "network": net_name,
+                "operation": "OP_NETWORK_ADD",
+                "jobId": 20,
+                "status": "success",
+                "logmsg": None,
+                "event_time": [T0, 0],
+                "cluster": SIM_CLUSTER,
+            },
+            {
+                "type": "ganeti-network-status",
+                "network": net_name,
+                "operation": "OP_NETWORK_CONNECT",
+                "jobId": 21,
+                "status": "success",
+                "logmsg": None,
+                "event_time": [T0 + 1, 0],
+                "cluster": SIM_CLUSTER,
+                "group_name": "default",
+            },
         )
 
         async def active() -> bool:
@@ -137,27 +181,101 @@ MALFORMED: list[tuple[str, str, bytes, str]] = [
     ("op", "not JSON", b"{nope", "not JSON"),
     ("op", "not an object", b"[1, 2]", "not a JSON object"),
     ("op", "unknown type", json.dumps({"type": "ganeti-zzz"}).encode(), "unknown type"),
-    ("op", "missing field", json.dumps({"type": "ganeti-op-status", "instance": "x",
-                                        "operation": "OP", "jobId": 1, "status": "success",
-                                        "event_time": [1, 0]}).encode(), "logmsg"),
-    ("op", "string jobId", json.dumps({"type": "ganeti-op-status", "instance": "x",
-                                       "operation": "OP", "jobId": "1", "status": "success",
-                                       "logmsg": None, "event_time": [1, 0]}).encode(), "jobId"),
-    ("op", "bad status", json.dumps({"type": "ganeti-op-status", "instance": "x",
-                                     "operation": "OP", "jobId": 1, "status": "done",
-                                     "logmsg": None, "event_time": [1, 0]}).encode(), "status"),
-    ("progress", "bad event_time", json.dumps({"type": "ganeti-create-progress", "instance": "x",
-                                               "rprogress": 3, "event_time": [1, 1000000]}).encode(),
-     "event_time"),
-    ("network", "cluster missing", json.dumps({"type": "ganeti-network-status", "network": "n",
-                                               "operation": "OP_NETWORK_ADD", "jobId": 1,
-                                               "status": "success", "logmsg": None,
-                                               "event_time": [1, 0]}).encode(), "cluster"),
-    ("net", "too large", b'{"type": "ganeti-net-status", "pad": "' + b"x" * (1024 * 1024) + b'"}',
-     "exceeds"),
-    ("op", "wrong queue", json.dumps({"type": "ganeti-create-progress", "instance": "x",
-                                      "rprogress": 3, "event_time": [1, 0]}).encode(),
-     "not accepted"),
+    (
+        "op",
+        "missing field",
+        json.dumps(
+            {
+                "type": "ganeti-op-status",
+                "instance": "x",
+                "operation": "OP",
+                "jobId": 1,
+                "status": "success",
+                "event_time": [1, 0],
+            }
+        ).encode(),
+        "logmsg",
+    ),
+    (
+        "op",
+        "string jobId",
+        json.dumps(
+            {
+                "type": "ganeti-op-status",
+                "instance": "x",
+                "operation": "OP",
+                "jobId": "1",
+                "status": "success",
+                "logmsg": None,
+                "event_time": [1, 0],
+            }
+        ).encode(),
+        "jobId",
+    ),
+    (
+        "op",
+        "bad status",
+        json.dumps(
+            {
+                "type": "ganeti-op-status",
+                "instance": "x",
+                "operation": "OP",
+                "jobId": 1,
+                "status": "done",
+                "logmsg": None,
+                "event_time": [1, 0],
+            }
+        ).encode(),
+        "status",
+    ),
+    (
+        "progress",
+        "bad event_time",
+        json.dumps(
+            {
+                "type": "ganeti-create-progress",
+                "instance": "x",
+                "rprogress": 3,
+                "event_time": [1, 1000000],
+            }
+        ).encode(),
+        "event_time",
+    ),
+    (
+        "network",
+        "cluster missing",
+        json.dumps(
+            {
+                "type": "ganeti-network-status",
+                "network": "n",
+                "operation": "OP_NETWORK_ADD",
+                "jobId": 1,
+                "status": "success",
+                "logmsg": None,
+                "event_time": [1, 0],
+            }
+        ).encode(),
+        "cluster",
+    ),
+    (
+        "net",
+        "too large",
+        b'{"type": "ganeti-net-status", "pad": "' + b"x" * (1024 * 1024) + b'"}',
+        "exceeds",
+    ),
+    (
+        "op",
+        "wrong queue",
+        json.dumps(
+            {
+                "type": "ganeti-create-progress",
+                "instance": "x",
+                "rprogress": 3,
+                "event_time": [1, 0],
+            }
+        ).encode(),
+        "not accepted",
+    ),
 ]
 
 
@@ -192,8 +310,15 @@ async def test_foreign_and_unknown_names_are_acked_without_change(env: Env, inst
     with daemon(env) as d:
         await _publish(env, op_status(name, "OP_INSTANCE_STARTUP", 5, "success", (T0, 0)))
         # a marker behind it: once it is applied, the foreign message was handled
-        await _publish(env, {"type": "ganeti-create-progress", "instance": f"{env.prefix}-{vm}",
-                             "rprogress": 7, "event_time": [T0, 1]})
+        await _publish(
+            env,
+            {
+                "type": "ganeti-create-progress",
+                "instance": f"{env.prefix}-{vm}",
+                "rprogress": 7,
+                "event_time": [T0, 1],
+            },
+        )
 
         async def marker() -> bool:
             return _server(env, vm)["buildpercentage"] == 7

@@ -28,8 +28,14 @@ async def _declared(env: Env) -> dict[str, int]:
 
 async def test_declared_twice_with_both_queue_types(env: Env) -> None:
     for queue_type in ("quorum", "classic"):
-        prefix_env = Env({**env.vars, "DISPATCHER_PREFIX": env.prefix + queue_type[0],
-                          "DISPATCHER_QUEUE_TYPE": queue_type}, env.database)
+        prefix_env = Env(
+            {
+                **env.vars,
+                "DISPATCHER_PREFIX": env.prefix + queue_type[0],
+                "DISPATCHER_QUEUE_TYPE": queue_type,
+            },
+            env.database,
+        )
         try:
             for _ in range(2):  # idempotent
                 prefix_env.cli("simulate", "--vms", "1", "--seed", "3")
@@ -50,7 +56,10 @@ async def test_mismatched_queue_stops_the_daemon_with_one_line(env: Env) -> None
     proc = subprocess.run(
         [PYTHON, "-m", "dispatcher", "run"],
         env={**os.environ, **env.vars, "DISPATCHER_QUEUE_TYPE": "quorum"},
-        capture_output=True, text=True, timeout=60, cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
     )
     assert proc.returncode == 1
     last = proc.stderr.strip().splitlines()[-1]
