@@ -11,12 +11,13 @@ import sys
 from collections.abc import Sequence
 
 from pydantic import ValidationError
+from sqlalchemy import exc as sa_exc
 
 from dispatcher import __version__
 from dispatcher.cli import backends, daemon, flavors, networks, queues, servers
 from dispatcher.cli.common import EXIT_FAILED, EXIT_USAGE, CommandError, UsageError
 from dispatcher.db.errors import is_transient
-from dispatcher.logs import register_settings_secrets, setup_logging
+from dispatcher.logs import redact, register_settings_secrets, setup_logging
 from dispatcher.settings import Settings, load_settings, redact_url
 
 
@@ -71,10 +72,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _one_line(exc: BaseException, settings: Settings) -> str:
+    where = redact_url(settings.database_url.get_secret_value())
     if is_transient(exc):
-        where = redact_url(settings.database_url.get_secret_value())
         return f"database unavailable at {where}: {type(exc).__name__}"
+    if isinstance(exc, sa_exc.DBAPIError) and exc.orig is not None:
+        # the driver's own words, without SQLAlchemy's statement dump and help link
+        orig = exc.orig
+        return redact(f"database error at {where}: {type(orig).__name__}: {orig}")[:300]
     text = " ".join(str(exc).split()) or type(exc).__name__
-    from dispatcher.logs import redact
-
     return redact(f"{type(exc).__name__}: {text}")[:300]
