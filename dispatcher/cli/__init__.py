@@ -14,7 +14,7 @@ from pydantic import ValidationError
 from sqlalchemy import exc as sa_exc
 
 from dispatcher import __version__
-from dispatcher.cli import backends, daemon, flavors, networks, queues, servers
+from dispatcher.cli import backends, daemon, eventd, flavors, networks, queues, servers
 from dispatcher.cli.common import EXIT_FAILED, EXIT_USAGE, CommandError, UsageError
 from dispatcher.db.errors import is_transient
 from dispatcher.logs import redact, register_settings_secrets, setup_logging
@@ -33,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     networks.register(sub)
     servers.register(sub)
     queues.register(sub)
+    eventd.register(sub)
     return parser
 
 
