@@ -349,7 +349,7 @@ async def remove_network(
         )
         name = network_name(prefix, net.id)
         results: list[BackendJobs] = []
-        for _bn, b in rows.tuples():
+        for _bn, b in rows:
             out = BackendJobs(b)
             results.append(out)
             if b.offline:

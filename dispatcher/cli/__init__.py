@@ -15,6 +15,7 @@ from sqlalchemy import exc as sa_exc
 
 from dispatcher import __version__
 from dispatcher.cli import backends, daemon, eventd, flavors, networks, queues, servers
+from dispatcher.cli import reconcile as reconcile_cli
 from dispatcher.cli.common import EXIT_FAILED, EXIT_USAGE, CommandError, UsageError
 from dispatcher.db.errors import is_transient
 from dispatcher.logs import redact, register_settings_secrets, setup_logging
@@ -33,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     networks.register(sub)
     servers.register(sub)
     queues.register(sub)
+    reconcile_cli.register(sub)
     eventd.register(sub)
     return parser
 

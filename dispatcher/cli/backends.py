@@ -6,7 +6,9 @@ import argparse
 
 from sqlalchemy import func, select
 
+from dispatcher.actions import resources
 from dispatcher.cli.common import (
+    CommandError,
     UsageError,
     command,
     emit_json,
@@ -15,6 +17,7 @@ from dispatcher.cli.common import (
     read_secret_file,
     session_scope,
 )
+from dispatcher.cli.servers import action_scope
 from dispatcher.db.models import Backend, BackendNetwork, VirtualMachine
 from dispatcher.settings import Settings
 from dispatcher.views import backend_view
@@ -65,6 +68,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = backend.add_parser("remove", help="forget a cluster that has no servers or networks")
     p.add_argument("id", type=int)
     command(p, remove)
+    p = backend.add_parser(
+        "update-resources", help="read free/total memory, disk and CPUs from the cluster's nodes"
+    )
+    p.add_argument("id", type=int, nargs="?", help="default: every online backend")
+    command(p, update_resources)
 
 
 async def add(args: argparse.Namespace, settings: Settings) -> int:
@@ -176,4 +184,20 @@ async def remove(args: argparse.Namespace, settings: Settings) -> int:
         await s.delete(b)
         await s.commit()
     emit_json({"id": args.id, "removed": True}) if args.json else print(args.id)
+    return 0
+
+
+async def update_resources(args: argparse.Namespace, settings: Settings) -> int:
+    async with action_scope(settings) as (s, clients):
+        result = await resources.update_resources(s, clients, args.id)
+    failed = "; ".join(f"backend {b.id}: {e.message}" for b, e in result.failed)
+    docs = [backend_view(b) for b in result.updated]
+    if args.id is not None:
+        if failed:
+            raise CommandError(failed)
+        emit_json(docs[0]) if args.json else emit_object(docs[0])
+        return 0
+    emit_json(docs) if args.json else emit_table(docs, COLUMNS)
+    if failed:
+        raise CommandError(failed)
     return 0

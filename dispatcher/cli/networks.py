@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import sys
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from dispatcher.actions import networks as actions
 from dispatcher.cli.common import (
+    CommandError,
     UsageError,
     command,
     emit_json,
@@ -15,6 +19,7 @@ from dispatcher.cli.common import (
     emit_table,
     session_scope,
 )
+from dispatcher.cli.servers import action_scope
 from dispatcher.db.models import Network
 from dispatcher.settings import Settings
 from dispatcher.views import network_view
@@ -46,6 +51,21 @@ def register(
     p = network.add_parser("show", help="one network, also when deleted")
     p.add_argument("id", type=int)
     command(p, show)
+    p = network.add_parser("create", help="create a network on every online backend")
+    p.add_argument("name")
+    p.add_argument("--subnet", required=True, metavar="CIDR", help="IPv4, /16 to /30")
+    p.add_argument("--gateway", metavar="IP")
+    p.add_argument("--public", action="store_true", help="public (Ganeti checks IP conflicts)")
+    p.add_argument("--mode", choices=actions.MODES, default="bridged")
+    p.add_argument(
+        "--link", metavar="L", help="bridge or routing table (default: the cluster's NIC link)"
+    )
+    p.add_argument("--dhcp", action="store_true", help=f"tag it {actions.DHCP_TAG}")
+    p.add_argument("--mac-prefix", metavar="P", help="three octets, like aa:00:01")
+    command(p, create)
+    p = network.add_parser("remove", help="remove a network from every backend")
+    p.add_argument("id", type=int)
+    command(p, remove)
     return network
 
 
@@ -70,4 +90,47 @@ async def show(args: argparse.Namespace, settings: Settings) -> int:
     async with session_scope(settings) as s:
         doc = network_view(await get_network(s, args.id), settings.prefix)
     emit_json(doc) if args.json else emit_object(doc)
+    return 0
+
+
+def _result_doc(result: actions.NetworkResult, prefix: str) -> dict[str, Any]:
+    doc = network_view(result.network, prefix)
+    doc["jobs"] = [b.view() for b in result.backends]
+    return doc
+
+
+def _report(result: actions.NetworkResult, what: str) -> None:
+    for b in result.backends:
+        if b.note:
+            print(f"dispatcher: {b.backend.clustername}: {b.note}", file=sys.stderr)
+    if result.failures:
+        raise CommandError(
+            f"network {result.network.id} {what} only in part: {result.failure_message()}; "
+            "`dispatcher reconcile networks --fix` completes it"
+        )
+
+
+async def create(args: argparse.Namespace, settings: Settings) -> int:
+    spec = actions.NetworkSpec(
+        name=args.name,
+        subnet=args.subnet,
+        gateway=args.gateway,
+        public=args.public,
+        mode=args.mode,
+        link=args.link,
+        dhcp=args.dhcp,
+        mac_prefix=args.mac_prefix,
+    )
+    async with action_scope(settings) as (s, clients):
+        result = await actions.create_network(s, clients, spec, prefix=settings.prefix)
+    emit_json(_result_doc(result, settings.prefix)) if args.json else print(result.network.id)
+    _report(result, "created")
+    return 0
+
+
+async def remove(args: argparse.Namespace, settings: Settings) -> int:
+    async with action_scope(settings) as (s, clients):
+        result = await actions.remove_network(s, clients, args.id, prefix=settings.prefix)
+    emit_json(_result_doc(result, settings.prefix)) if args.json else print(result.network.id)
+    _report(result, "removed")
     return 0

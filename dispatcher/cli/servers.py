@@ -3,16 +3,24 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from dispatcher.actions import clients as action_clients
+from dispatcher.actions import servers as actions
+from dispatcher.actions.errors import EXIT_USAGE, ActionError
 from dispatcher.cli.common import (
+    CommandError,
     UsageError,
     command,
     emit_json,
     emit_object,
     emit_table,
+    read_secret_file,
     session_scope,
 )
 from dispatcher.db.models import VirtualMachine, VmDiagnostic
@@ -44,7 +52,88 @@ def register(
     p = server.add_parser("show", help="one server, also when deleted")
     p.add_argument("id", type=int)
     command(p, show)
+    _register_actions(server)
     return server
+
+
+def _register_actions(server: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = server.add_parser("create", help="create a server (Ganeti instance P-<id>)")
+    p.add_argument("name")
+    p.add_argument("--flavor", type=int, required=True, metavar="ID")
+    p.add_argument("--image", required=True, metavar="IMAGE_ID", help="the OS's img_id")
+    p.add_argument("--image-format", default=actions.DEFAULT_IMAGE_FORMAT, metavar="F")
+    p.add_argument(
+        "--password-file",
+        metavar="F",
+        help="the server's root password (default: a random one that is never shown)",
+    )
+    p.add_argument("--backend", type=int, metavar="ID", help="default: the emptiest one")
+    p.add_argument(
+        "--network",
+        type=int,
+        dest="networks",
+        action="extend",
+        nargs="+",
+        metavar="ID",
+        help="one NIC per network (default: the public network, if there is one)",
+    )
+    command(p, create)
+    for name, handler, text in (
+        ("start", start, "start a stopped server"),
+        ("stop", stop, "shut a server down"),
+        ("remove", remove, "remove a server (the remove event marks it deleted)"),
+        ("console", console, "where the server's VNC console is"),
+    ):
+        p = server.add_parser(name, help=text)
+        p.add_argument("id", type=int)
+        command(p, handler)
+    p = server.add_parser("reboot", help="reboot a server (soft unless --hard)")
+    p.add_argument("id", type=int)
+    p.add_argument("--hard", action="store_true", help="restart the VM process")
+    command(p, reboot)
+    p = server.add_parser("firewall", help="set a NIC's firewall profile")
+    p.add_argument("id", type=int)
+    p.add_argument("profile", metavar="PROFILE", help=", ".join(actions.FIREWALL_PROFILES))
+    p.add_argument("--nic", type=int, default=0, metavar="N", help="NIC index (default 0)")
+    command(p, firewall)
+    p = server.add_parser("connect", help="add a NIC on a network (an address from its pool)")
+    p.add_argument("id", type=int)
+    p.add_argument("network_id", type=int)
+    command(p, connect)
+    p = server.add_parser("disconnect", help="remove a NIC")
+    p.add_argument("id", type=int)
+    p.add_argument("nic_index", type=int)
+    command(p, disconnect)
+
+
+@contextmanager
+def action_errors() -> Iterator[None]:
+    """Typed action errors to the CLI's exit codes (2: bad input or id, 1: failed)."""
+    try:
+        yield
+    except ActionError as exc:
+        if exc.exit_code == EXIT_USAGE:
+            raise UsageError(exc.message) from None
+        raise CommandError(exc.message) from None
+
+
+@asynccontextmanager
+async def action_scope(
+    settings: Settings,
+) -> AsyncIterator[tuple[AsyncSession, action_clients.ClientPool]]:
+    async with session_scope(settings) as s, action_clients.client_pool(settings) as clients:
+        with action_errors():
+            yield s, clients
+
+
+def _emit_result(args: argparse.Namespace, result: actions.ActionResult, prefix: str) -> None:
+    if args.json:
+        doc: dict[str, Any] = server_view(result.vm, prefix)
+        doc["job_id"] = result.job_id
+        doc["job_ids"] = result.job_ids
+        emit_json(doc)
+    else:
+        print(result.job_id)
 
 
 async def get_server(s: AsyncSession, vm_id: int) -> VirtualMachine:
@@ -75,4 +164,100 @@ async def show(args: argparse.Namespace, settings: Settings) -> int:
         )
         doc["diagnostics"] = [diagnostic_view(d) for d in diags]
     emit_json(doc) if args.json else emit_object(doc)
+    return 0
+
+
+async def create(args: argparse.Namespace, settings: Settings) -> int:
+    password = None
+    if args.password_file:
+        password = read_secret_file(args.password_file, "password")
+    spec = actions.ServerSpec(
+        name=args.name,
+        flavor_id=args.flavor,
+        image_id=args.image,
+        image_format=args.image_format,
+        password=password,
+        backend_id=args.backend,
+        network_ids=tuple(args.networks) if args.networks is not None else None,
+    )
+    async with action_scope(settings) as (s, clients):
+        result = await actions.create_server(
+            s,
+            clients,
+            spec,
+            prefix=settings.prefix,
+            createinstance_kwargs=settings.createinstance_kwargs,
+        )
+    if args.json:
+        emit_json(server_view(result.vm, settings.prefix))
+    else:
+        print(result.vm.id)
+    return 0
+
+
+async def start(args: argparse.Namespace, settings: Settings) -> int:
+    async with action_scope(settings) as (s, clients):
+        result = await actions.start_server(s, clients, args.id, prefix=settings.prefix)
+    _emit_result(args, result, settings.prefix)
+    return 0
+
+
+async def stop(args: argparse.Namespace, settings: Settings) -> int:
+    async with action_scope(settings) as (s, clients):
+        result = await actions.stop_server(s, clients, args.id, prefix=settings.prefix)
+    _emit_result(args, result, settings.prefix)
+    return 0
+
+
+async def reboot(args: argparse.Namespace, settings: Settings) -> int:
+    async with action_scope(settings) as (s, clients):
+        result = await actions.reboot_server(
+            s, clients, args.id, prefix=settings.prefix, hard=args.hard
+        )
+    _emit_result(args, result, settings.prefix)
+    return 0
+
+
+async def remove(args: argparse.Namespace, settings: Settings) -> int:
+    async with action_scope(settings) as (s, clients):
+        result = await actions.destroy_server(s, clients, args.id, prefix=settings.prefix)
+    _emit_result(args, result, settings.prefix)
+    return 0
+
+
+async def console(args: argparse.Namespace, settings: Settings) -> int:
+    async with action_scope(settings) as (s, clients):
+        doc = await actions.server_console(s, clients, args.id, prefix=settings.prefix)
+    emit_json(doc) if args.json else emit_object(doc)
+    return 0
+
+
+async def firewall(args: argparse.Namespace, settings: Settings) -> int:
+    if args.nic < 0:
+        raise UsageError("--nic must not be negative")
+    async with action_scope(settings) as (s, clients):
+        result = await actions.set_firewall_profile(
+            s, clients, args.id, args.profile, prefix=settings.prefix, nic_index=args.nic
+        )
+    _emit_result(args, result, settings.prefix)
+    return 0
+
+
+async def connect(args: argparse.Namespace, settings: Settings) -> int:
+    async with action_scope(settings) as (s, clients):
+        result = await actions.connect_server(
+            s, clients, args.id, args.network_id, prefix=settings.prefix
+        )
+    _emit_result(args, result, settings.prefix)
+    return 0
+
+
+async def disconnect(args: argparse.Namespace, settings: Settings) -> int:
+    if args.nic_index < 0:
+        raise UsageError("NIC_INDEX must not be negative")
+    async with action_scope(settings) as (s, clients):
+        result = await actions.disconnect_server(
+            s, clients, args.id, args.nic_index, prefix=settings.prefix
+        )
+    _emit_result(args, result, settings.prefix)
     return 0
