@@ -386,9 +386,20 @@ install_rapi_cert() {
 # ---------------------------------------------------------------------------------------------
 # daemons
 
+# ganeti_pid DAEMON: the live pid in DAEMON's pid file, if that process is DAEMON (a pid file
+# left from an earlier boot may name a pid that is now some other program's)
+ganeti_pid() {
+    local pid cmdline
+    pid=$(pid_from "$GNT_RUN/$1.pid") || return 1
+    cmdline=$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null) || return 1
+    [[ $cmdline == *"/usr/sbin/$1"* ]] || return 1
+    printf '%s\n' "$pid"
+}
+
+# daemon_pid DAEMON: as ganeti_pid, and running inside our namespace
 daemon_pid() {
     local pid
-    pid=$(pid_from "$GNT_RUN/$1.pid") || return 1
+    pid=$(ganeti_pid "$1") || return 1
     in_ns "$pid" || return 1
     printf '%s\n' "$pid"
 }
@@ -398,7 +409,7 @@ clean_stale_daemons() {
     local d pid outside=()
     for d in "${ALL_DAEMONS[@]}"; do
         [ -e "$GNT_RUN/$d.pid" ] || continue
-        if pid=$(pid_from "$GNT_RUN/$d.pid"); then
+        if pid=$(ganeti_pid "$d"); then
             if ! in_ns "$pid"; then
                 log "stopping $d (pid $pid), which runs outside namespace $NS"
                 outside+=("$pid")
@@ -410,7 +421,7 @@ clean_stale_daemons() {
     if [ ${#outside[@]} -gt 0 ]; then
         stop_pids "${outside[@]}"
         for d in "${ALL_DAEMONS[@]}"; do
-            pid_from "$GNT_RUN/$d.pid" >/dev/null || rm -f "$GNT_RUN/$d.pid"
+            ganeti_pid "$d" >/dev/null || rm -f "$GNT_RUN/$d.pid"
         done
     fi
 }
@@ -544,13 +555,13 @@ do_stop() {
     stop_forwarder "$AMQP_ROOT_PID_FILE"
     rm -f "$AMQP_SOCK"
     for d in "${ALL_DAEMONS[@]}"; do
-        if pid=$(pid_from "$GNT_RUN/$d.pid"); then
+        if pid=$(ganeti_pid "$d"); then
             pids+=("$pid")
         fi
     done
     stop_pids "${pids[@]}"
     for d in "${ALL_DAEMONS[@]}"; do
-        pid_from "$GNT_RUN/$d.pid" >/dev/null || rm -f "$GNT_RUN/$d.pid"
+        ganeti_pid "$d" >/dev/null || rm -f "$GNT_RUN/$d.pid"
     done
     # Whatever else still runs in the namespace (job processes, OS scripts, ...), by pid.
     if [ -e "/run/netns/$NS" ]; then

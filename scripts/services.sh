@@ -100,13 +100,13 @@ apt_install() {
         created=1
     fi
     log "installing $*"
-    if [ -z "$(find /var/lib/apt/lists -maxdepth 1 -name '*Packages*' -print -quit 2>/dev/null)" ] \
-        || ! apt-get install -y -q --no-install-recommends "$@" >/dev/null 2>&1; then
-        apt-get update -q >/dev/null
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$@" >/dev/null
+    local rc=0
+    { apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends "$@" >/dev/null; } \
+        || rc=$?
+    if [ "$created" = 1 ]; then
+        rm -f "$policy"
     fi
-    [ "$created" = 1 ] && rm -f "$policy"
-    return 0
+    [ "$rc" = 0 ] || die "apt-get install $* failed"
 }
 export DEBIAN_FRONTEND=noninteractive
 
