@@ -43,6 +43,7 @@ class Seen:
     body: Any
     content: bytes
     headers: httpx.Headers
+    timeout: dict[str, float]
 
 
 class FakeRapi:
@@ -71,6 +72,7 @@ class FakeRapi:
                 json.loads(content) if content else None,
                 content,
                 request.headers,
+                request.extensions["timeout"],
             )
         )
         reply = self.replies.popleft()
@@ -830,6 +832,18 @@ async def test_retry_backs_off_exponentially(monkeypatch: pytest.MonkeyPatch) ->
     async with client_for(fake, backoff=0.5) as rapi:
         assert await rapi.get_version() == 2
     assert delays == [0.5, 1.0]
+
+
+async def test_long_calls_get_longer_read_timeouts() -> None:
+    fake = FakeRapi(ok([]), ok(None), ok([True, "ok"]), ok([]))
+    async with client_for(fake, timeout=5.0) as rapi:
+        await rapi.get_nodes(bulk=True)
+        await rapi.wait_for_job_change(1, ["status"], None, None)
+        await rapi.cancel_job(1)
+        await rapi.get_nodes()
+    reads = [s.timeout["read"] for s in fake.seen]
+    assert reads == [90.0, 25.0, 60.0, 5.0]
+    assert all(s.timeout["connect"] == 5.0 for s in fake.seen)
 
 
 # -- client construction, auth, headers, metrics, logging -------------------------------------

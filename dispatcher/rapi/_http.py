@@ -157,9 +157,9 @@ class RapiHttp:
             )
         return self._client
 
-    @staticmethod
-    def _timeout(seconds: float) -> httpx.Timeout:
-        return httpx.Timeout(seconds, connect=min(CONNECT_TIMEOUT, seconds))
+    def _timeout(self, read: float) -> httpx.Timeout:
+        # Only waiting for the answer gets longer on slow calls; connecting never does.
+        return httpx.Timeout(read, connect=min(CONNECT_TIMEOUT, self.timeout))
 
     async def aclose(self) -> None:
         self._closed = True

@@ -55,6 +55,9 @@ HOTPLUG_IF_POSSIBLE_UNTIL: SoftwareVersion = (3, 1, 0)
 # The server blocks a /wait for up to 10 s, and bulk listings make live RPCs to every node.
 WAIT_TIMEOUT_FLOOR = 25.0
 BULK_TIMEOUT_FLOOR = 90.0
+# Canceling a waiting job blocks until the job process reacts: up to 44 s in luxid
+# (luxiCancelJobTimeout); 6 s was seen on the sandbox.
+CANCEL_TIMEOUT_FLOOR = 60.0
 
 # The server matches names with [\w._-]+ on the raw path and never URL-decodes: anything else
 # would come back as a 404 that looks like "no such object".
@@ -721,8 +724,15 @@ class RapiClient:
 
     async def cancel_job(self, job_id: int) -> tuple[bool, str]:
         """``(True, msg)`` if canceled; ``(False, msg)`` when the job is past waiting (it then
-        runs to its end) or gone. Only queued/waiting jobs can be canceled."""
-        return await self._http.call("CancelJob", "DELETE", _job_path(job_id), _cancel_result)
+        runs to its end) or gone. Only queued/waiting jobs can be canceled; the server answers
+        once the job has reacted, which can take many seconds."""
+        return await self._http.call(
+            "CancelJob",
+            "DELETE",
+            _job_path(job_id),
+            _cancel_result,
+            read_timeout=max(self._http.timeout, CANCEL_TIMEOUT_FLOOR),
+        )
 
     async def wait_for_job(
         self,
