@@ -152,7 +152,8 @@ def _apply_progress(state: VmState, msg: CreateProgress | ImageCopyProgress) -> 
     return Step(replace(state, buildpercentage=pct, backendtime_us=msg.event_time_us), True)
 
 
-_LEVEL_BY_TYPE: Final = {"image-error": "ERROR", "image-warning": "WARNING", "image-info": "INFO"}
+# reference §e.3: image-info stays at the default DEBUG level
+_LEVEL_BY_TYPE: Final = {"image-error": "ERROR", "image-warning": "WARNING"}
 _HELPER_LEVELS: Final = {"warning": "WARNING", "error": "ERROR", "info": "INFO"}
 
 

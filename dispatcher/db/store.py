@@ -458,9 +458,9 @@ JOIN backends b ON b.id = bn.backend_id
 WHERE bn.network_id = ANY($1::int[]) AND NOT b.offline
 """
 _UPDATE_NETWORK_STATE = """
-UPDATE networks AS n SET state = u.state, deleted = n.deleted OR u.deleted, updated = now()
+UPDATE networks AS n SET state = u.state, deleted = u.deleted, updated = now()
 FROM unnest($1::int[], $2::text[], $3::bool[]) AS u(id, state, deleted)
-WHERE n.id = u.id AND NOT n.deleted AND (n.state <> u.state OR u.deleted)
+WHERE n.id = u.id AND (n.state <> u.state OR n.deleted <> u.deleted)
 """
 
 
