@@ -6,7 +6,8 @@
 #   scripts/ganeti-sandbox.sh start     install (first time), init or restart, wait for RAPI
 #   scripts/ganeti-sandbox.sh stop      stop every daemon and forwarder; nothing keeps running
 #   scripts/ganeti-sandbox.sh status    exit 0 when RAPI answers, 3 otherwise
-#   scripts/ganeti-sandbox.sh destroy   stop, wipe the cluster and the namespace (next start inits)
+#   scripts/ganeti-sandbox.sh destroy   stop, wipe the cluster and the namespace (next start inits;
+#                                       the RAPI cert and passwords are kept)
 #   scripts/ganeti-sandbox.sh env       export lines for the tests (GANETI_SANDBOX_*)
 #
 # Reachable from the root namespace only through 127.0.0.1:5080 (a socat forwarder to the RAPI
@@ -584,7 +585,8 @@ do_destroy() {
     if [ -d "$GNT_DATA" ]; then
         find "$GNT_DATA" -mindepth 1 -maxdepth 1 -exec rm -rf {} +
     fi
-    rm -rf "$FILE_STORAGE" "$LIVE" "$RUN" "$MONITOR_FILE"
+    # Kept: the RAPI cert and passwords in $LIVE (clients keep working) and the test image.
+    rm -rf "$FILE_STORAGE" "$RUN" "$MONITOR_FILE"
     log "cluster destroyed"
 }
 

@@ -367,8 +367,8 @@ status() {
         rc=3
     fi
     if pg_installed && pg_ready; then
-        echo "postgresql: running ($(pg_lsclusters -h | awk -v v="$PG_VERSION" -v c="$PG_CLUSTER" \
-            '$1==v && $2==c {print "pid file " $6 "/postmaster.pid"}'), 127.0.0.1:$PG_PORT)"
+        pid=$(head -n 1 "/var/lib/postgresql/$PG_VERSION/$PG_CLUSTER/postmaster.pid" 2>/dev/null || true)
+        echo "postgresql: running (pid ${pid:-?}, 127.0.0.1:$PG_PORT)"
     else
         echo "postgresql: stopped"
         rc=3
