@@ -23,7 +23,7 @@ import signal
 import socket
 import ssl
 import subprocess
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -262,3 +262,68 @@ async def test_root_namespace_without_node_name_is_not_the_master(
     assert run.returncode == 0, run.stderr
     assert f"not the master (master: {sandbox['GANETI_SANDBOX_NODE']})" in run.stderr
     assert "published 0 messages" in run.stderr
+
+
+@contextlib.contextmanager
+def monitor_prefix(command: str) -> Iterator[None]:
+    """Make the sandbox OS's create script copy its image through ``command`` (the script's
+    SANDBOX_MONITOR_CMD interface), and take it away again afterwards."""
+    env = {**os.environ, "SANDBOX_MONITOR_CMD": command}
+    subprocess.run(
+        ["bash", str(SCRIPT), "start"], env=env, check=True, capture_output=True, timeout=900
+    )
+    try:
+        yield
+    finally:
+        env.pop("SANDBOX_MONITOR_CMD")
+        subprocess.run(
+            ["bash", str(SCRIPT), "start"], env=env, check=True, capture_output=True, timeout=900
+        )
+
+
+async def test_progress_monitor_inside_the_os_create_script(
+    sandbox: dict[str, str], rapi: RapiClient
+) -> None:
+    """Ganeti runs the OS create script in the namespace; it copies an 8 MiB image through
+    ``dispatcher progress-monitor``, which publishes to the broker through the bridge."""
+    images = Path("/srv/ganeti/images")
+    image = next((p for p in sorted(images.glob("*")) if p.is_file()), None)
+    if image is None:
+        pytest.skip("the sandbox has no image under /srv/ganeti/images")
+    prefix = unique_prefix()
+    instance = f"{prefix}-2"
+    dispatcher_bin = Path(PYTHON).with_name("dispatcher")
+    command = f'{dispatcher_bin} progress-monitor -i "$INSTANCE_NAME" -r <bytes> --interval 0.3 --'
+    os_name = await _an_os(sandbox)
+    try:
+        async with bound_queue(AMQP, f"ganeti.{prefix}.event.progress") as queue:
+            with monitor_prefix(command):
+                create = await rapi.create_instance(
+                    {
+                        "mode": "create",
+                        "name": instance,
+                        "disk_template": "file",
+                        "disks": [{"size": 1024}],
+                        "file_driver": "loop",
+                        "nics": [{}],
+                        "os_type": os_name,
+                        "osparams": {"img_id": image.name},
+                        "hypervisor": "fake",
+                        "pnode": sandbox["GANETI_SANDBOX_NODE"],
+                        "beparams": {"memory": 128, "vcpus": 1},
+                        "ip_check": False,
+                        "name_check": False,
+                        "start": False,
+                    }
+                )
+                await _job_ok(rapi, create)
+            got = await collect(queue, 2, timeout=60, settle=2.0)
+    finally:
+        with contextlib.suppress(RapiError, TimeoutError):
+            await rapi.wait_for_job(await rapi.delete_instance(instance), timeout=180)
+    bodies = [b for _, b in got]
+    assert {(b["type"], b["instance"]) for b in bodies} == {("ganeti-create-progress", instance)}
+    values = [b["rprogress"] for b in bodies]
+    assert values[-1] == 100.0
+    assert len(values) >= 3 and values[:-1] == sorted(values[:-1]), values
+    assert 0 < values[0] < 100, values
