@@ -360,9 +360,16 @@ async def create_server(
     except BaseException as exc:
         await _forget_server(s, vm)
         if isinstance(exc, RapiError):
-            raise ClusterError.from_rapi(
+            error = ClusterError.from_rapi(
                 exc, backend.clustername, f"creating server {vm.id}", secrets=[password]
-            ) from None
+            )
+            if exc.transient:
+                error = ClusterError(
+                    f"{error.message}; server {vm.id} was not kept: if its instance appears, "
+                    "`dispatcher reconcile servers --fix` removes it",
+                    cause=exc,
+                )
+            raise error from None
         raise
     vm.backendjobid = job_id
     await s.commit()
