@@ -15,7 +15,8 @@ import pytest
 from tests.support import PYTHON, ROOT, Env, unique_prefix
 
 ADMIN_DB = "postgres"
-TEMPLATE = "dispatcher_test_tpl"
+# per session: concurrent pytest sessions must not clone each other's half-migrated template
+TEMPLATE = f"dispatcher_test_tpl_{os.getpid()}"
 
 
 def _service_env() -> dict[str, str]:
@@ -64,7 +65,7 @@ def base_db_url(service_env: dict[str, str]) -> str:
 
 
 @pytest.fixture(scope="session")
-async def template_db(base_db_url: str) -> str:
+async def template_db(base_db_url: str) -> AsyncIterator[str]:
     """A database migrated to head once per session; tests clone it."""
     admin = await asyncpg.connect(_pg_dsn(_with_db(base_db_url, ADMIN_DB)))
     try:
@@ -76,7 +77,12 @@ async def template_db(base_db_url: str) -> str:
     subprocess.run(
         [PYTHON, "-m", "dispatcher", "migrate"], env=env, check=True, capture_output=True, cwd=ROOT
     )
-    return TEMPLATE
+    yield TEMPLATE
+    admin = await asyncpg.connect(_pg_dsn(_with_db(base_db_url, ADMIN_DB)))
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{TEMPLATE}" WITH (FORCE)')
+    finally:
+        await admin.close()
 
 
 @pytest.fixture
