@@ -949,6 +949,23 @@ async def test_publisher_persistent_confirmed_and_fails_over(amqp_url: str) -> N
     assert pub.confirmed == 20
 
 
+async def test_publisher_close_is_not_swallowed_by_the_client_library() -> None:
+    """aiormq turns a cancelled connect into a connection error: close() must still stop."""
+
+    async def connect(*_: Any, **__: Any) -> Any:
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            raise aio_pika.exceptions.AMQPConnectionError("cancelled") from None
+
+    pub = Publisher(["amqp://unused/"], connect=connect)
+    pub.start()
+    pub.put(_msgs("t0", 1))
+    await asyncio.sleep(0.1)
+    assert await asyncio.wait_for(pub.close(0), 3) == 1  # the one unconfirmed message
+    assert pub.task is not None and pub.task.done()
+
+
 class Proxy:
     """A TCP forwarder to the broker that the test can cut and restore: a broker outage
     without disturbing other users of the shared RabbitMQ."""

@@ -6,6 +6,7 @@ data directories, health listener, shutdown grace — come from :class:`Settings
 | ``DISPATCHER_EVENTD_CLUSTER`` | ``ssconf_cluster_name`` | the ``cluster`` field of every message |
 | ``DISPATCHER_EVENTD_NODE_NAME`` | ``socket.getfqdn()`` | this node's Ganeti name (master check) |
 | ``DISPATCHER_EVENTD_MASTER_CHECK`` | ``true`` | publish only while this node is the master |
+| ``DISPATCHER_EVENTD_MASTER_POLL`` | ``10`` | seconds between master checks when idle |
 | ``DISPATCHER_EVENTD_NIC_SOURCE`` | ``rapi`` | ``rapi``: NICs from the master's RAPI; ``none`` |
 | ``DISPATCHER_EVENTD_RAPI_HOST``, ``_PORT`` | ``127.0.0.1``, ``5080`` | where that RAPI is |
 | ``DISPATCHER_EVENTD_RAPI_USERNAME`` | none | a read-only RAPI user is enough |

@@ -123,7 +123,6 @@ class Publisher:
         self.connected = False
         self.confirmed = 0
         self.reconnects = 0
-        self.on_connected: list[Callable[[bool], None]] = []
 
     # ------------------------------------------------------------------ caller side
 
@@ -174,10 +173,13 @@ class Publisher:
         """Flush for up to ``grace`` seconds, stop, and return how many messages were lost."""
         if grace > 0 and self.pending:
             await self.drain(grace)
-        if self._task is not None:
+        if self._task is not None and not self._task.done():
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
+            await asyncio.wait({self._task}, timeout=5)
+            if not self._task.done():
+                log.error("the publisher task did not stop within 5 s; leaving it behind")
+        if self._task is not None and self._task.done() and not self._task.cancelled():
+            self._task.exception()  # retrieved: no "exception was never retrieved" warning
         lost = self.pending
         if lost:
             DROPPED.labels("unconfirmed_at_exit").inc(lost)
@@ -208,8 +210,6 @@ class Publisher:
         if self.connected != up:
             self.connected = up
             BROKER_CONNECTED.set(1 if up else 0)
-            for cb in self.on_connected:
-                cb(up)
 
     # ------------------------------------------------------------------ broker side
 
@@ -225,6 +225,7 @@ class Publisher:
                     url, timeout=10, client_properties={"connection_name": self.connection_name}
                 )
             except _CONNECTION_ERRORS as exc:
+                _reraise_cancellation()  # aiormq turns a cancelled connect into an error
                 failures += 1
                 now = time.monotonic()
                 if now - last_warning >= self.warn_every:
@@ -250,12 +251,14 @@ class Publisher:
             except ExchangeConflict:
                 raise
             except _CONNECTION_ERRORS as exc:
+                _reraise_cancellation()
                 log.warning(
                     "broker connection lost (%s); %d unconfirmed messages will be re-sent",
                     _short(exc),
                     self.pending,
                 )
             except Exception:  # a surprise from the client library: reconnect all the same
+                _reraise_cancellation()
                 log.exception("unexpected error on the broker connection; reconnecting")
                 await asyncio.sleep(delay)
             finally:
@@ -362,6 +365,14 @@ class Publisher:
         self._nacks[msg.seq] = count
         log.warning("broker refused a %s message (%s); re-sending", msg.type, _short(exc))
         self._buffer.appendleft(msg)
+
+
+def _reraise_cancellation() -> None:
+    """Raise CancelledError if our task is being cancelled: a library that converted the
+    cancellation into another exception must not make ``close()`` wait for ever."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 def _short(exc: BaseException) -> str:

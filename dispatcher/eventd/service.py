@@ -444,7 +444,7 @@ async def run_eventd(
             found = service.rescan()
             tasks.append(asyncio.create_task(service.run(), name="eventd-worker"))
             if opts.once:
-                return await _once(service, publisher, opts, found)
+                return await _once(service, publisher, opts, found, stop)
             if opts.master is not None:
                 tasks.append(asyncio.create_task(_poll_master(service, opts.master_poll)))
             log.info(
@@ -524,19 +524,29 @@ async def _flush(publisher: Publisher | None, grace: float) -> None:
 
 
 async def _once(
-    service: EventService, publisher: Publisher | None, opts: EventdOptions, found: int
+    service: EventService,
+    publisher: Publisher | None,
+    opts: EventdOptions,
+    found: int,
+    stop: asyncio.Event,
 ) -> int:
     deadline = time.monotonic() + opts.once_timeout
     while True:
         await service.settle()
         if not service.backlog:  # deferred jobs wait for the buffer to drain
             break
-        if publisher is None or time.monotonic() > deadline:
+        if publisher is None or time.monotonic() > deadline or stop.is_set():
             break
         await asyncio.sleep(0.05)
     if publisher is None:
         return 0
-    ok = await publisher.drain(max(0.0, deadline - time.monotonic()))
+    left = max(0.0, deadline - time.monotonic())
+    drained = asyncio.create_task(publisher.drain(left))
+    stopped = asyncio.create_task(stop.wait())
+    await asyncio.wait({drained, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    stopped.cancel()
+    ok = drained.done() and drained.result()
+    drained.cancel()
     if publisher.task is not None and publisher.task.done() and not publisher.task.cancelled():
         exc = publisher.task.exception()
         if exc is not None:
