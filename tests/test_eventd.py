@@ -10,9 +10,11 @@ import copy
 import json
 import os
 import signal
+import socket
 import struct
 import subprocess
 import tempfile
+import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -1037,49 +1039,150 @@ async def test_publisher_resends_after_broker_outage(amqp_url: str) -> None:
     assert set(ids) == set(range(300)), "messages lost"  # none lost; duplicates allowed
 
 
+RABBITMQ_SERVER = Path("/usr/lib/rabbitmq/bin/rabbitmq-server")
+
+
+class PrivateBroker:
+    """A second RabbitMQ node (own name, ports and data directory) that this test may stop
+    and start: a real broker restart without disturbing the shared one. It uses the epmd the
+    shared broker already runs, and is stopped by pid."""
+
+    def __init__(self, base: Path) -> None:
+        self.base = base
+        self.port = free_port()
+        self.dist_port = free_port()
+        self.name = f"evtest{self.port}@localhost"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"amqp://guest:guest@127.0.0.1:{self.port}/"
+
+    def start(self) -> None:
+        (self.base / "env.conf").touch()
+        (self.base / "enabled_plugins").write_text("[].\n")
+        (self.base / "rabbitmq.conf").write_text(f"listeners.tcp.default = 127.0.0.1:{self.port}\n")
+        subprocess.run(["chown", "-R", "rabbitmq:rabbitmq", str(self.base)], check=True)
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "HOME": "/var/lib/rabbitmq",
+            "ERL_EPMD_ADDRESS": "127.0.0.1",
+            "RABBITMQ_CONF_ENV_FILE": str(self.base / "env.conf"),
+            "RABBITMQ_NODENAME": self.name,
+            "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
+            "RABBITMQ_NODE_PORT": str(self.port),
+            "RABBITMQ_DIST_PORT": str(self.dist_port),
+            "RABBITMQ_MNESIA_BASE": str(self.base / "mnesia"),
+            "RABBITMQ_LOG_BASE": str(self.base / "log"),
+            "RABBITMQ_PID_FILE": str(self.base / "beam.pid"),
+            "RABBITMQ_ENABLED_PLUGINS_FILE": str(self.base / "enabled_plugins"),
+            "RABBITMQ_CONFIG_FILE": str(self.base / "rabbitmq"),
+        }
+        with open(self.base / "server.log", "ab") as out:
+            self.proc = subprocess.Popen(
+                [
+                    "setpriv",
+                    "--reuid=rabbitmq",
+                    "--regid=rabbitmq",
+                    "--init-groups",
+                    str(RABBITMQ_SERVER),
+                ],
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + 90
+        while not _port_open(self.port):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                log = (self.base / "server.log").read_text(errors="replace")[-2000:]
+                self.stop()
+                pytest.skip(f"a private RabbitMQ node does not start here: {log}")
+            time.sleep(0.2)
+
+    def stop(self) -> None:
+        pid_file = self.base / "beam.pid"
+        pids = [self.proc.pid] if self.proc and self.proc.poll() is None else []
+        if pid_file.exists() and pid_file.read_text().strip().isdigit():
+            pids.append(int(pid_file.read_text().strip()))
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 60
+        while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+            if self.proc is not None:
+                self.proc.poll()  # reap the wrapper
+            time.sleep(0.1)
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                if _alive(pid):
+                    os.kill(pid, signal.SIGKILL)
+        if self.proc is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(10)
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with contextlib.suppress(OSError):  # a zombie counts as gone
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[-1][:1] != "Z"
+    return False
+
+
+@pytest.fixture
+def private_broker(service_env: dict[str, str]) -> Iterator[PrivateBroker]:
+    if os.geteuid() != 0 or not RABBITMQ_SERVER.exists() or not _port_open(4369):
+        pytest.skip("needs root, rabbitmq-server and the shared broker's epmd")
+    with tempfile.TemporaryDirectory(prefix="eventd-rmq-") as d:
+        os.chmod(d, 0o755)
+        broker = PrivateBroker(Path(d))
+        broker.start()
+        try:
+            yield broker
+        finally:
+            broker.stop()
+
+
 @pytest.mark.slow
-@pytest.mark.skipif(
-    os.environ.get("DISPATCHER_TEST_BROKER_RESTART") != "1",
-    reason="restarts the shared RabbitMQ; set DISPATCHER_TEST_BROKER_RESTART=1",
-)
-async def test_publisher_survives_a_real_broker_restart(amqp_url: str) -> None:
+async def test_publisher_survives_a_real_broker_restart(private_broker: PrivateBroker) -> None:
+    """Messages confirmed before the restart are kept by the broker; messages put while it
+    is down are sent after it is back: none lost."""
     prefix = unique_prefix()
-    script = ROOT / "scripts" / "services.sh"
-    qname = f"{prefix}-restart"
-    conn = await aio_pika.connect(amqp_url, timeout=10)
+    url = private_broker.url
+    conn = await aio_pika.connect(url, timeout=10)
     async with conn:
         ch = await conn.channel()
         ex = await ch.declare_exchange("ganeti", aio_pika.ExchangeType.TOPIC, durable=True)
-        q = await ch.declare_queue(qname, durable=True)
+        q = await ch.declare_queue(f"{prefix}-restart", durable=True)
         await q.bind(ex, routing_key=f"ganeti.{prefix}.event.op")
-    pub = Publisher([amqp_url], capacity=1000, max_delay=1)
+    pub = Publisher([url], capacity=1000, max_delay=0.5)
     pub.start()
     messages = _msgs(prefix, 100)
-    pub.put(messages[:50])
-    assert await pub.drain(30)
-    await asyncio.to_thread(
-        subprocess.run,
-        ["bash", str(script), "stop-rabbitmq"],
-        check=True,
-        capture_output=True,
-        timeout=300,
-    )
-    pub.put(messages[50:])
-    await asyncio.to_thread(
-        subprocess.run,
-        ["bash", str(script), "start-rabbitmq"],
-        check=True,
-        capture_output=True,
-        timeout=300,
-    )
-    assert await pub.drain(60)
-    await pub.close(0)
-    conn = await aio_pika.connect(amqp_url, timeout=10)
+    try:
+        pub.put(messages[:50])
+        assert await pub.drain(30)
+        await asyncio.to_thread(private_broker.stop)
+        pub.put(messages[50:])
+        await async_wait_until(_coro(lambda: not pub.connected), 30, what="disconnect")
+        await asyncio.to_thread(private_broker.start)
+        assert await pub.drain(60), f"{pub.pending} messages not confirmed"
+    finally:
+        await pub.close(0)
+    conn = await aio_pika.connect(url, timeout=10)
     async with conn:
         ch = await conn.channel()
-        q = await ch.declare_queue(qname, durable=True)
+        q = await ch.declare_queue(f"{prefix}-restart", durable=True)
         got = await collect(q, 100)
-        await q.delete(if_unused=False, if_empty=False)
     assert {b["jobId"] for _, b in got} == set(range(100))
 
 
