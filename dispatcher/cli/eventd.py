@@ -100,7 +100,7 @@ async def eventd(args: argparse.Namespace, settings: Settings) -> int:
     nics = None
     if (args.nic_source or cfg.nic_source) == "rapi":
         try:
-            nics = RapiNicReader(rapi_client(cfg), timeout=cfg.rapi_timeout)
+            nics = RapiNicReader(rapi_client(cfg, data_dir), timeout=cfg.rapi_timeout)
         except (ValueError, OSError) as exc:
             raise UsageError(f"RAPI settings for NIC lookups: {exc}") from None
     opts = EventdOptions(

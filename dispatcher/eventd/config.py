@@ -11,7 +11,7 @@ data directories, health listener, shutdown grace — come from :class:`Settings
 | ``DISPATCHER_EVENTD_RAPI_HOST``, ``_PORT`` | ``127.0.0.1``, ``5080`` | where that RAPI is |
 | ``DISPATCHER_EVENTD_RAPI_USERNAME`` | none | a read-only RAPI user is enough |
 | ``DISPATCHER_EVENTD_RAPI_PASSWORD(_FILE)`` | none | or the credential ``rapi-password`` |
-| ``DISPATCHER_EVENTD_RAPI_CA_FILE`` | none | PEM to pin (else loopback: unverified) |
+| ``DISPATCHER_EVENTD_RAPI_CA_FILE`` | ``<data dir>/rapi.pem`` | PEM to pin (else the system CAs) |
 | ``DISPATCHER_EVENTD_RAPI_INSECURE`` | ``false`` | do not verify TLS at all |
 | ``DISPATCHER_EVENTD_RAPI_TIMEOUT`` | ``10`` | seconds for one NIC lookup |
 | ``DISPATCHER_EVENTD_BUFFER_SIZE`` | ``10000`` | messages held for the broker (then defer) |
@@ -21,9 +21,9 @@ data directories, health listener, shutdown grace — come from :class:`Settings
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -96,16 +96,20 @@ def load_eventd_settings() -> EventdSettings:
     return cfg
 
 
-def _loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
+_CERT = re.compile(r"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.S)
+
+
+def cluster_certificate(data_dir: Path) -> str | None:
+    """The certificate part of the cluster's own ``rapi.pem`` (which also holds its key)."""
     try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
+        text = (data_dir / "rapi.pem").read_text(encoding="utf-8")
+    except OSError:
+        return None
+    match = _CERT.search(text)
+    return match.group(0) + "\n" if match else None
 
 
-def rapi_client(cfg: EventdSettings) -> RapiClient:
+def rapi_client(cfg: EventdSettings, data_dir: Path | None = None) -> RapiClient:
     """The client for NIC lookups. Raises ValueError/OSError on unusable settings."""
     password = cfg.rapi_password_value()
     if password is not None:
@@ -117,11 +121,12 @@ def rapi_client(cfg: EventdSettings) -> RapiClient:
         raise ValueError("DISPATCHER_EVENTD_RAPI_USERNAME given without a password")
     ca_pem = cfg.rapi_ca_file.read_text(encoding="utf-8") if cfg.rapi_ca_file else None
     insecure = cfg.rapi_insecure
-    if ca_pem is None and not insecure and _loopback(cfg.rapi_host):
-        # Ganeti's RAPI certificate is self-signed; on the master's own loopback there is no
-        # network to be in the middle of.
-        insecure = True
-        log.info("RAPI at %s is on loopback: TLS not verified", cfg.rapi_host)
+    if ca_pem is None and not insecure and data_dir is not None:
+        # on the master, the cluster's own (self-signed) RAPI certificate is the one to pin;
+        # without it, verification falls back to the system CAs — never silently off
+        ca_pem = cluster_certificate(data_dir)
+        if ca_pem is not None:
+            log.info("pinning the cluster's RAPI certificate from %s", data_dir / "rapi.pem")
     return RapiClient(
         cfg.rapi_host,
         cfg.rapi_port,
