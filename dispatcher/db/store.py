@@ -94,7 +94,8 @@ def _body(msg: Message) -> str:
 
 
 def _load(body: str | dict[str, Any]) -> Message:
-    # SQLAlchemy's asyncpg codec hands jsonb back already decoded
+    # the history queries read jsonb as text (``body::text``): one pass of the Rust JSON
+    # validator instead of json.loads (SQLAlchemy's jsonb codec) plus validate_python
     if isinstance(body, str):
         return _ADAPTER.validate_json(body)
     return _ADAPTER.validate_python(body)
@@ -145,7 +146,7 @@ ON CONFLICT (machine_id, digest) DO NOTHING
 RETURNING machine_id, digest
 """
 _SELECT_VM_HISTORY = """
-SELECT machine_id, sort_key, body FROM vm_events
+SELECT machine_id, sort_key, digest, body::text AS body FROM vm_events
 WHERE machine_id = ANY($1::int[]) ORDER BY machine_id, sort_key
 """
 _SELECT_NICS = """
@@ -232,7 +233,7 @@ class _VmBatch:
         histories = await self._histories(list(recompute))
         msgs: list[VmMessage] = [inc.msg for t in incremental.values() for _, inc in t.new]  # type: ignore[misc]
         for hist in histories.values():
-            msgs.extend(m for _, m in hist)
+            msgs.extend(m for _, m, _ in hist)
         networks = await self._networks(msgs)
         current_nics = await self._nics(list(incremental))
         writes: list[tuple[int, VmState, bytes, tuple[Diagnostic, ...], _Write]] = []
@@ -247,8 +248,8 @@ class _VmBatch:
         for vm_id, t in recompute.items():
             ctx = VmContext(self.prefix, t.row["action"], networks)
             hist = histories[vm_id]
-            out = fold(_initial_vm_state(t.row), [m for _, m in hist], ctx)
-            applied = {m.digest(): ok for (_, m), ok in zip(hist, out.applied, strict=True)}
+            out = fold(_initial_vm_state(t.row), [m for _, m, _ in hist], ctx)
+            applied = {d: ok for (_, _, d), ok in zip(hist, out.applied, strict=True)}
             for i, inc in t.new:
                 ok = applied.get(inc.digest, False)
                 self.results[i] = Result(Outcome.APPLIED if ok else Outcome.IGNORED)
@@ -315,11 +316,15 @@ class _VmBatch:
                     self.results[i] = Result(Outcome.DUPLICATE)
             t.new = fresh
 
-    async def _histories(self, vm_ids: list[int]) -> dict[int, list[tuple[bytes, VmMessage]]]:
-        out: dict[int, list[tuple[bytes, VmMessage]]] = defaultdict(list)
+    async def _histories(
+        self, vm_ids: list[int]
+    ) -> dict[int, list[tuple[bytes, VmMessage, bytes]]]:
+        """Each VM's history in order: (sort key, message, digest)."""
+        out: dict[int, list[tuple[bytes, VmMessage, bytes]]] = defaultdict(list)
         if vm_ids:
             for r in await self.pg.fetch(_SELECT_VM_HISTORY, vm_ids):
-                out[r["machine_id"]].append((r["sort_key"], _load(r["body"])))  # type: ignore[arg-type]
+                msg = _load(r["body"])
+                out[r["machine_id"]].append((r["sort_key"], msg, r["digest"]))  # type: ignore[arg-type]
         return out
 
     async def _networks(self, msgs: list[VmMessage]) -> dict[int, bool]:
@@ -439,7 +444,7 @@ ON CONFLICT (backend_network_id, digest) DO NOTHING
 RETURNING backend_network_id, digest
 """
 _SELECT_NET_HISTORY = """
-SELECT backend_network_id, sort_key, body FROM network_events
+SELECT backend_network_id, sort_key, digest, body::text AS body FROM network_events
 WHERE backend_network_id = ANY($1::int[]) ORDER BY backend_network_id, sort_key
 """
 _UPDATE_BNS = """
@@ -579,19 +584,20 @@ class _NetworkBatch:
             last = t.row["last_key"]
             if last is not None and t.new[0][1].key <= last:
                 recompute.append(bn_id)
-        histories: dict[int, list[tuple[bytes, NetworkStatus]]] = defaultdict(list)
+        histories: dict[int, list[tuple[bytes, NetworkStatus, bytes]]] = defaultdict(list)
         if recompute:
             metrics.RECOMPUTATIONS.labels("network").inc(len(recompute))
             for r in await self.pg.fetch(_SELECT_NET_HISTORY, recompute):
-                histories[r["backend_network_id"]].append((r["sort_key"], _load(r["body"])))  # type: ignore[arg-type]
+                msg = _load(r["body"])
+                histories[r["backend_network_id"]].append((r["sort_key"], msg, r["digest"]))  # type: ignore[arg-type]
         cols: tuple[list[Any], ...] = tuple([] for _ in range(9))
         touched: set[int] = set()
         for bn_id, t in pending.items():
             action = nets[t.row["network_id"]]["action"]
             if bn_id in histories:
                 hist = histories[bn_id]
-                st, applied_list = fold_network(BnState(), [m for _, m in hist], action)
-                applied = {m.digest(): ok for (_, m), ok in zip(hist, applied_list, strict=True)}
+                st, applied_list = fold_network(BnState(), [m for _, m, _ in hist], action)
+                applied = {d: ok for (_, _, d), ok in zip(hist, applied_list, strict=True)}
                 oks = [applied.get(inc.digest, False) for _, inc in t.new]
                 last_key = hist[-1][0]
             else:
