@@ -28,7 +28,7 @@ from aio_pika.abc import (
 )
 from aiormq.abc import DeliveredMessage
 
-from dispatcher import metrics
+from dispatcher import dlq_depth, metrics
 from dispatcher.logs import log_context
 from dispatcher.processor import RETRIES_HEADER, Decision, Delivery, Processor, Verdict
 from dispatcher.settings import Settings, redact_url
@@ -147,6 +147,7 @@ class Consumer:
         for cb in self.state.on_consuming:
             cb()
         worker = asyncio.create_task(self._work(buffer, channel, dl_exchange, stop))
+        sampler = asyncio.create_task(dlq_depth.sample_forever(conn, self._specs, 15.0))
         stop_wait = asyncio.create_task(stop.wait())
         try:
             waiters: set[asyncio.Future[None]] = {worker, stop_wait, closed}  # type: ignore[arg-type]
@@ -167,6 +168,7 @@ class Consumer:
                 log.warning("shutdown grace elapsed; unfinished messages go back to the queue")
         finally:
             stop_wait.cancel()
+            sampler.cancel()
             if not worker.done():
                 worker.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):

@@ -120,6 +120,18 @@ async def test_metrics_follow_the_stream(env: Env, tmp_path: Path) -> None:
             0.1,
             "dead letter",
         )
+        # the dead-letter queue's depth is sampled (every 15 s) into a gauge
+        wait_until(
+            lambda: (
+                _metric_sum(
+                    d.metrics(), "dispatcher_dead_letter_messages", queue=f"{env.prefix}-events-op"
+                )
+                == 1
+            ),
+            40,
+            0.5,
+            "dead-letter depth",
+        )
 
 
 def _as_postgres(database: str, sql: str) -> None:
