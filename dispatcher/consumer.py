@@ -72,6 +72,12 @@ class Consumer:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until ``stop`` is set; reconnect by itself after any broker failure."""
+        try:
+            await self._run(stop)
+        finally:
+            await self._processor.close()
+
+    async def _run(self, stop: asyncio.Event) -> None:
         urls = self._settings.amqp_urls
         attempt, delay = 0, 0.5
         first = True

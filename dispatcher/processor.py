@@ -69,6 +69,12 @@ class Processor:
         self._fault = fault
         self._sleep = sleep
 
+    async def close(self) -> None:
+        """Release what the store keeps between batches (its database connection)."""
+        close = getattr(self._store, "close", None)
+        if close is not None:
+            await close()
+
     async def handle(self, batch: Sequence[Delivery]) -> list[Decision]:
         decisions: list[Decision | None] = [None] * len(batch)
         valid: list[tuple[int, Incoming]] = []
