@@ -202,8 +202,8 @@ while True:
     time.sleep(0.2)
 PY
 export DISPATCHER
-show_until() { "$PY" "$LOGDIR/watch.py" "$@" "$DEADLINE"; }
-# the same in the background, while the actions are issued; wait_shown waits for it
+# show_until_bg KIND COND: the watcher in the background while the actions are issued;
+# wait_shown waits for it (and fails when it did)
 show_until_bg() {
     "$PY" "$LOGDIR/watch.py" "$@" "$DEADLINE" &
     watch_pid=$!
