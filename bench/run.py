@@ -420,7 +420,8 @@ class Daemon:
         values = {}
         for line in (r.text if r is not None else "").splitlines():
             name, _, value = line.partition(" ")
-            values[name] = float(value or 0)
+            if name.startswith("dispatcher_batch_"):
+                values[name] = float(value)
         return (
             values.get("dispatcher_batch_size_messages_count", 0.0),
             values.get("dispatcher_batch_size_messages_sum", 0.0),
