@@ -33,6 +33,8 @@ STATUS_RANK: Final = {s: i for i, s in enumerate(STATUSES)}
 FINALIZED: Final = frozenset({"canceled", "success", "error"})
 
 _INT64_MAX: Final = 2**63 - 1
+_NUL: Final = b"\\u0000"
+_REPLACEMENT: Final = b"\\ufffd"
 
 
 def _event_time(v: list[int]) -> list[int]:
@@ -171,6 +173,10 @@ def parse(body: bytes) -> Message:
     """Validate one message body, raising ``InvalidMessage`` with a one-line reason."""
     if len(body) > MAX_BODY:
         raise InvalidMessage(f"body of {len(body)} bytes exceeds the {MAX_BODY}-byte limit")
+    if _NUL in body:
+        # valid JSON, but PostgreSQL text and jsonb cannot hold U+0000: keep the message,
+        # with U+FFFD (the replacement character) in its place
+        body = body.replace(_NUL, _REPLACEMENT)
     try:
         return _ADAPTER.validate_json(body)
     except ValidationError as exc:

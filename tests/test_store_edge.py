@@ -1,0 +1,38 @@
+"""Edge cases of applying valid messages to the real database."""
+
+from __future__ import annotations
+
+import json
+
+from dispatcher.db.engine import engine_scope
+from dispatcher.db.store import EventStore, Incoming, Outcome
+from dispatcher.messages import parse
+from dispatcher.simulate import create_world
+from tests.support import Env
+
+
+async def test_nul_character_in_a_valid_message_is_applied(env: Env) -> None:
+    settings = env.settings()
+    async with engine_scope(settings) as engine:
+        world = await create_world(engine, 1)
+        vm = world.vm_ids[0]
+        body = {
+            "type": "ganeti-op-status",
+            "instance": f"{env.prefix}-{vm}",
+            "operation": "OP_INSTANCE_CREATE",
+            "jobId": 7,
+            "status": "error",
+            "logmsg": "bad\u0000byte",
+            "event_time": [1_795_000_000, 0],
+        }
+        msg = parse(json.dumps(body).encode())
+        assert msg.logmsg == "bad\ufffdbyte"  # type: ignore[union-attr]
+        store = EventStore(engine, env.prefix)
+        try:
+            (result,) = await store.apply([Incoming.of(msg)])
+        finally:
+            await store.close()
+    assert result.outcome is Outcome.APPLIED
+    shown = env.json("server", "show", str(vm))
+    assert shown["operstate"] == "ERROR"
+    assert shown["backendlogmsg"] == "bad\ufffdbyte"
