@@ -197,11 +197,15 @@ def _network_status(network: str, opcode: str, cluster: str, t: list[int]) -> by
 async def _simulate(
     engine: AsyncEngine, prefix: str, finding: Finding, bodies: list[bytes]
 ) -> None:
+    # the store keeps its connection between batches: give it back after this one
+    store = EventStore(engine, prefix)
     try:
-        results = await EventStore(engine, prefix).apply([Incoming.of(parse(b)) for b in bodies])
+        results = await store.apply([Incoming.of(parse(b)) for b in bodies])
     except Exception as exc:  # noqa: BLE001 - reported per finding, the run goes on
         finding.fixed, finding.error = False, f"{type(exc).__name__}: {exc}"
         return
+    finally:
+        await store.close()
     bad = [r for r in results if r.outcome is not Outcome.APPLIED]
     finding.fixed = not bad
     if bad:
