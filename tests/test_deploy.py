@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from dispatcher.eventd.config import EventdSettings
 from dispatcher.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -210,6 +211,24 @@ def test_env_example_names_are_settings() -> None:
     assert set(names) <= known, set(names) - known
     # No password settings in the environment file: they come as credentials.
     assert not [n for n in names if "PASSWORD" in n]
+
+
+def test_eventd_env_example_names_are_eventd_settings() -> None:
+    known = {f"DISPATCHER_EVENTD_{name.upper()}" for name in EventdSettings.model_fields}
+    known |= {f"DISPATCHER_{name.upper()}" for name in Settings.model_fields}
+    text = (SYSTEMD_DIR / "eventd.env.example").read_text()
+    names = re.findall(r"^#?\s*(DISPATCHER_[A-Z0-9_]+)=", text, re.M)
+    assert set(names) <= known, set(names) - known
+    # every eventd setting an operator may set is listed (passwords come as credentials)
+    wanted = {
+        f"DISPATCHER_EVENTD_{name.upper()}"
+        for name in EventdSettings.model_fields
+        if "password" not in name
+    }
+    assert wanted <= set(names), wanted - set(names)
+    assert not [n for n in names if "PASSWORD" in n]
+    unit = (SYSTEMD_DIR / "ganeti-dispatcher-eventd.service").read_text()
+    assert "EnvironmentFile=-/etc/ganeti-dispatcher/eventd.env" in unit
 
 
 def test_sysusers_creates_the_service_user(systemd_analyze: str, tmp_path: Path) -> None:
