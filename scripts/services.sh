@@ -28,7 +28,7 @@ PG_CLUSTER=main
 PG_PORT=5432
 PG_CONF_D=/etc/postgresql/$PG_VERSION/$PG_CLUSTER/conf.d
 DB_USER=dispatcher
-DB_PASSWORD=dispatcher
+DB_PASSWORD=dev-only-pg-7Qx2
 DB_NAMES=(dispatcher dispatcher_test)
 
 log() { printf 'services: %s\n' "$*" >&2; }

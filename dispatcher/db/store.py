@@ -21,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -117,6 +117,90 @@ class _Target:
 
     row: asyncpg.Record
     new: list[tuple[int, Incoming]] = field(default_factory=list)
+
+
+_Row = Callable[[int, Incoming], tuple[Any, ...]]
+_History = list[tuple[bytes, Any, bytes]]  # (sort key, message, digest), in order
+
+
+async def _record_history(
+    pg: asyncpg.Connection,
+    targets: dict[int, _Target],
+    results: list[Result | None],
+    insert_sql: str,
+    row: _Row,
+) -> None:
+    """Insert each target's new messages into its history; keep only those that are new.
+
+    A message repeated within the batch or already in the history is a duplicate; the
+    insert's ``RETURNING (target, digest)`` tells which rows really went in.
+    """
+    cols: list[list[Any]] = []
+    seen: set[tuple[int, bytes]] = set()
+    for target_id, t in targets.items():
+        unique = []
+        for i, inc in t.new:
+            if (target_id, inc.digest) in seen:
+                results[i] = Result(Outcome.DUPLICATE)
+                continue
+            seen.add((target_id, inc.digest))
+            unique.append((i, inc))
+            values = row(target_id, inc)
+            if not cols:
+                cols = [[] for _ in values]
+            _push(cols, *values)
+        t.new = unique
+    if not cols:
+        return
+    inserted = {(r[0], r[1]) for r in await pg.fetch(insert_sql, *cols)}
+    for target_id, t in targets.items():
+        fresh = []
+        for i, inc in t.new:
+            if (target_id, inc.digest) in inserted:
+                fresh.append((i, inc))
+            else:
+                results[i] = Result(Outcome.DUPLICATE)
+        t.new = fresh
+
+
+def _split(targets: dict[int, _Target]) -> tuple[dict[int, _Target], dict[int, _Target]]:
+    """Targets with new messages: (all new after ``last_key``, some land in the past)."""
+    incremental, recompute = {}, {}
+    for target_id, t in targets.items():
+        if not t.new:
+            continue
+        t.new.sort(key=lambda pair: pair[1].key)
+        last = t.row["last_key"]
+        if last is None or t.new[0][1].key > last:
+            incremental[target_id] = t
+        else:
+            recompute[target_id] = t
+    return incremental, recompute
+
+
+async def _histories(
+    pg: asyncpg.Connection, select_sql: str, target_ids: list[int]
+) -> dict[int, _History]:
+    """Each target's whole history in order (the query returns target, key, digest, body)."""
+    out: dict[int, _History] = defaultdict(list)
+    if target_ids:
+        for r in await pg.fetch(select_sql, target_ids):
+            out[r[0]].append((r["sort_key"], _load(r["body"]), r["digest"]))
+    return out
+
+
+def _mark_incremental(results: list[Result | None], t: _Target, applied: Sequence[bool]) -> None:
+    for (i, _), ok in zip(t.new, applied, strict=True):
+        results[i] = Result(Outcome.APPLIED if ok else Outcome.IGNORED)
+
+
+def _mark_recomputed(
+    results: list[Result | None], t: _Target, hist: _History, applied: Sequence[bool]
+) -> None:
+    by_digest = {d: ok for (_, _, d), ok in zip(hist, applied, strict=True)}
+    for i, inc in t.new:
+        ok = by_digest.get(inc.digest, False)
+        results[i] = Result(Outcome.APPLIED if ok else Outcome.IGNORED)
 
 
 class EventStore:
@@ -256,6 +340,11 @@ def _initial_vm_state(row: asyncpg.Record) -> VmState:
     )
 
 
+def _vm_event_row(vm_id: int, inc: Incoming) -> tuple[Any, ...]:
+    kind = KIND_CODE[inc.msg.type]
+    return (vm_id, inc.digest, inc.key, kind, _ts(inc.msg.event_time_us), _body(inc.msg))
+
+
 class _VmBatch:
     def __init__(
         self,
@@ -270,19 +359,11 @@ class _VmBatch:
         targets = await self._lock_targets()
         if not targets:
             return
-        await self._record_history(targets)
-        pending = {vm_id: t for vm_id, t in targets.items() if t.new}
-        if not pending:
+        await _record_history(self.pg, targets, self.results, _INSERT_VM_EVENTS, _vm_event_row)
+        incremental, recompute = _split(targets)
+        if not incremental and not recompute:
             return
-        incremental, recompute = {}, {}
-        for vm_id, t in pending.items():
-            t.new.sort(key=lambda pair: pair[1].key)
-            last = t.row["last_key"]
-            if last is None or t.new[0][1].key > last:
-                incremental[vm_id] = t
-            else:
-                recompute[vm_id] = t
-        histories = await self._histories(list(recompute))
+        histories = await _histories(self.pg, _SELECT_VM_HISTORY, list(recompute))
         msgs: list[VmMessage] = [inc.msg for t in incremental.values() for _, inc in t.new]  # type: ignore[misc]
         for hist in histories.values():
             msgs.extend(m for _, m, _ in hist)
@@ -293,18 +374,14 @@ class _VmBatch:
             ctx = VmContext(self.prefix, t.row["action"], networks)
             before = _vm_state(t.row, current_nics.get(vm_id, ()))
             out = fold(before, [inc.msg for _, inc in t.new], ctx)  # type: ignore[misc]
-            for (i, _), ok in zip(t.new, out.applied, strict=True):
-                self.results[i] = Result(Outcome.APPLIED if ok else Outcome.IGNORED)
+            _mark_incremental(self.results, t, out.applied)
             mode = _Write.KEEP_NICS if out.state.nics == before.nics else _Write.NICS
             writes.append((vm_id, out.state, t.new[-1][1].key, tuple(out.diagnostics), mode))
         for vm_id, t in recompute.items():
             ctx = VmContext(self.prefix, t.row["action"], networks)
             hist = histories[vm_id]
             out = fold(_initial_vm_state(t.row), [m for _, m, _ in hist], ctx)
-            applied = {d: ok for (_, _, d), ok in zip(hist, out.applied, strict=True)}
-            for i, inc in t.new:
-                ok = applied.get(inc.digest, False)
-                self.results[i] = Result(Outcome.APPLIED if ok else Outcome.IGNORED)
+            _mark_recomputed(self.results, t, hist, out.applied)
             writes.append((vm_id, out.state, hist[-1][0], tuple(out.diagnostics), _Write.ALL))
         if recompute:
             metrics.RECOMPUTATIONS.labels("vm").inc(len(recompute))
@@ -332,52 +409,6 @@ class _VmBatch:
                 else:
                     t.new.append((i, self.items[i]))
         return targets
-
-    async def _record_history(self, targets: dict[int, _Target]) -> None:
-        cols: tuple[list[Any], ...] = ([], [], [], [], [], [])
-        seen: set[tuple[int, bytes]] = set()
-        for vm_id, t in targets.items():
-            unique = []
-            for i, inc in t.new:
-                if (vm_id, inc.digest) in seen:
-                    self.results[i] = Result(Outcome.DUPLICATE)
-                    continue
-                seen.add((vm_id, inc.digest))
-                unique.append((i, inc))
-                _push(
-                    cols,
-                    vm_id,
-                    inc.digest,
-                    inc.key,
-                    KIND_CODE[inc.msg.type],
-                    _ts(inc.msg.event_time_us),
-                    _body(inc.msg),
-                )
-            t.new = unique
-        if not cols[0]:
-            return
-        inserted = {
-            (r["machine_id"], r["digest"]) for r in await self.pg.fetch(_INSERT_VM_EVENTS, *cols)
-        }
-        for vm_id, t in targets.items():
-            fresh = []
-            for i, inc in t.new:
-                if (vm_id, inc.digest) in inserted:
-                    fresh.append((i, inc))
-                else:
-                    self.results[i] = Result(Outcome.DUPLICATE)
-            t.new = fresh
-
-    async def _histories(
-        self, vm_ids: list[int]
-    ) -> dict[int, list[tuple[bytes, VmMessage, bytes]]]:
-        """Each VM's history in order: (sort key, message, digest)."""
-        out: dict[int, list[tuple[bytes, VmMessage, bytes]]] = defaultdict(list)
-        if vm_ids:
-            for r in await self.pg.fetch(_SELECT_VM_HISTORY, vm_ids):
-                msg = _load(r["body"])
-                out[r["machine_id"]].append((r["sort_key"], msg, r["digest"]))  # type: ignore[arg-type]
-        return out
 
     async def _networks(self, msgs: list[VmMessage]) -> dict[int, bool]:
         ids: set[int] = set()
@@ -533,6 +564,10 @@ def _bn_state(row: asyncpg.Record) -> BnState:
     )
 
 
+def _network_event_row(bn_id: int, inc: Incoming) -> tuple[Any, ...]:
+    return (bn_id, inc.digest, inc.key, _ts(inc.msg.event_time_us), _body(inc.msg))
+
+
 class _NetworkBatch:
     def __init__(
         self,
@@ -585,7 +620,9 @@ class _NetworkBatch:
             row = bns[(net_id, backends[cluster])]
             t = targets.setdefault(row["id"], _Target(row))
             t.new.extend((i, self.items[i]) for i in idxs)
-        await self._record_history(targets)
+        await _record_history(
+            self.pg, targets, self.results, _INSERT_NET_EVENTS, _network_event_row
+        )
         await self._fold(targets, nets)
 
     def _wanted(self) -> dict[tuple[int, str], list[int]]:
@@ -600,63 +637,26 @@ class _NetworkBatch:
                 wanted[(net_id, inc.msg.cluster)].append(i)
         return wanted
 
-    async def _record_history(self, targets: dict[int, _Target]) -> None:
-        cols: tuple[list[Any], ...] = ([], [], [], [], [])
-        seen: set[tuple[int, bytes]] = set()
-        for bn_id, t in targets.items():
-            unique = []
-            for i, inc in t.new:
-                if (bn_id, inc.digest) in seen:
-                    self.results[i] = Result(Outcome.DUPLICATE)
-                    continue
-                seen.add((bn_id, inc.digest))
-                unique.append((i, inc))
-                _push(cols, bn_id, inc.digest, inc.key, _ts(inc.msg.event_time_us), _body(inc.msg))
-            t.new = unique
-        if not cols[0]:
-            return
-        rows = await self.pg.fetch(_INSERT_NET_EVENTS, *cols)
-        inserted = {(r["backend_network_id"], r["digest"]) for r in rows}
-        for bn_id, t in targets.items():
-            fresh = []
-            for i, inc in t.new:
-                if (bn_id, inc.digest) in inserted:
-                    fresh.append((i, inc))
-                else:
-                    self.results[i] = Result(Outcome.DUPLICATE)
-            t.new = fresh
-
     async def _fold(self, targets: dict[int, _Target], nets: dict[int, asyncpg.Record]) -> None:
-        pending = {bn_id: t for bn_id, t in targets.items() if t.new}
-        if not pending:
+        incremental, recompute = _split(targets)
+        if not incremental and not recompute:
             return
-        recompute = []
-        for bn_id, t in pending.items():
-            t.new.sort(key=lambda pair: pair[1].key)
-            last = t.row["last_key"]
-            if last is not None and t.new[0][1].key <= last:
-                recompute.append(bn_id)
-        histories: dict[int, list[tuple[bytes, NetworkStatus, bytes]]] = defaultdict(list)
         if recompute:
             metrics.RECOMPUTATIONS.labels("network").inc(len(recompute))
-            for r in await self.pg.fetch(_SELECT_NET_HISTORY, recompute):
-                msg = _load(r["body"])
-                histories[r["backend_network_id"]].append((r["sort_key"], msg, r["digest"]))  # type: ignore[arg-type]
+        histories = await _histories(self.pg, _SELECT_NET_HISTORY, list(recompute))
         cols: tuple[list[Any], ...] = tuple([] for _ in range(9))
         touched: set[int] = set()
-        for bn_id, t in pending.items():
+        for bn_id, t in (incremental | recompute).items():
             action = nets[t.row["network_id"]]["action"]
-            if bn_id in histories:
+            if bn_id in recompute:
                 hist = histories[bn_id]
-                st, applied_list = fold_network(BnState(), [m for _, m, _ in hist], action)
-                applied = {d: ok for (_, _, d), ok in zip(hist, applied_list, strict=True)}
-                oks = [applied.get(inc.digest, False) for _, inc in t.new]
+                st, applied = fold_network(BnState(), [m for _, m, _ in hist], action)
+                _mark_recomputed(self.results, t, hist, applied)
                 last_key = hist[-1][0]
             else:
-                st, oks = fold_network(_bn_state(t.row), [inc.msg for _, inc in t.new], action)  # type: ignore[misc]
+                st, applied = fold_network(_bn_state(t.row), [inc.msg for _, inc in t.new], action)  # type: ignore[misc]
+                _mark_incremental(self.results, t, applied)
                 last_key = t.new[-1][1].key
-            for (i, _), ok in zip(t.new, oks, strict=True):
-                self.results[i] = Result(Outcome.APPLIED if ok else Outcome.IGNORED)
             touched.add(t.row["network_id"])
             _push(
                 cols,
