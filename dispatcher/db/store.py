@@ -119,6 +119,19 @@ class _Target:
     new: list[tuple[int, Incoming]] = field(default_factory=list)
 
 
+class _Batch:
+    """One kind of target's share of a batch; writes each message's ``Result`` in place."""
+
+    def __init__(
+        self,
+        pg: asyncpg.Connection,
+        prefix: str,
+        items: Sequence[Incoming],
+        results: list[Result | None],
+    ) -> None:
+        self.pg, self.prefix, self.items, self.results = pg, prefix, items, results
+
+
 _Row = Callable[[int, Incoming], tuple[Any, ...]]
 _History = list[tuple[bytes, Any, bytes]]  # (sort key, message, digest), in order
 
@@ -345,16 +358,7 @@ def _vm_event_row(vm_id: int, inc: Incoming) -> tuple[Any, ...]:
     return (vm_id, inc.digest, inc.key, kind, _ts(inc.msg.event_time_us), _body(inc.msg))
 
 
-class _VmBatch:
-    def __init__(
-        self,
-        pg: asyncpg.Connection,
-        prefix: str,
-        items: Sequence[Incoming],
-        results: list[Result | None],
-    ) -> None:
-        self.pg, self.prefix, self.items, self.results = pg, prefix, items, results
-
+class _VmBatch(_Batch):
     async def run(self) -> None:
         targets = await self._lock_targets()
         if not targets:
@@ -568,16 +572,7 @@ def _network_event_row(bn_id: int, inc: Incoming) -> tuple[Any, ...]:
     return (bn_id, inc.digest, inc.key, _ts(inc.msg.event_time_us), _body(inc.msg))
 
 
-class _NetworkBatch:
-    def __init__(
-        self,
-        pg: asyncpg.Connection,
-        prefix: str,
-        items: Sequence[Incoming],
-        results: list[Result | None],
-    ) -> None:
-        self.pg, self.prefix, self.items, self.results = pg, prefix, items, results
-
+class _NetworkBatch(_Batch):
     async def run(self) -> None:
         wanted = self._wanted()
         if not wanted:
