@@ -1343,86 +1343,24 @@ async def test_eventd_not_master_publishes_nothing(
 def test_eventd_usage_errors(ganeti_dirs: tuple[Path, Path], tmp_path: Path) -> None:
     queue_dir, _ = ganeti_dirs
     env = _eventd_env("amqp://guest:guest@127.0.0.1:1/")
-    run = subprocess.run(
-        [
-            PYTHON,
-            "-m",
-            "dispatcher",
-            "eventd",
-            "--queue-dir",
-            str(queue_dir),
-            "--data-dir",
-            str(tmp_path),
-            "--once",
-        ],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+
+    def eventd(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [PYTHON, "-m", "dispatcher", "eventd", *args, "--once"],
+            env=env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    run = eventd("--queue-dir", str(queue_dir), "--data-dir", str(tmp_path))
     assert run.returncode == 2 and "cluster name unknown" in run.stderr
-    run = subprocess.run(
-        [
-            PYTHON,
-            "-m",
-            "dispatcher",
-            "eventd",
-            "--queue-dir",
-            str(tmp_path / "nope"),
-            "--cluster",
-            "c",
-            "--once",
-        ],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    run = eventd("--queue-dir", str(tmp_path / "nope"), "--cluster", "c")
     assert run.returncode == 1 and "cannot watch the queue directory" in run.stderr
-    run = subprocess.run(
-        [
-            PYTHON,
-            "-m",
-            "dispatcher",
-            "eventd",
-            "--queue-dir",
-            str(queue_dir),
-            "--cluster",
-            "c",
-            "--no-master-check",
-            "--once",
-            "--timeout",
-            "2",
-        ],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    quick = ("--queue-dir", str(queue_dir), "--cluster", "c", "--no-master-check")
+    run = eventd(*quick, "--timeout", "2")
     assert run.returncode == 0  # an empty queue needs no broker
     write_job(queue_dir, job(1, create_op("snf-1", "queued")))
-    run = subprocess.run(
-        [
-            PYTHON,
-            "-m",
-            "dispatcher",
-            "eventd",
-            "--queue-dir",
-            str(queue_dir),
-            "--cluster",
-            "c",
-            "--no-master-check",
-            "--once",
-            "--timeout",
-            "2",
-        ],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    run = eventd(*quick, "--timeout", "2")
     assert run.returncode == 1 and "not confirmed by the broker" in run.stderr
