@@ -133,6 +133,7 @@ def pg_dsn(url: str) -> str:
 class Bench:
     base_url: str
     amqp_url: str
+    queue_type: str = "quorum"
     tag: str = field(default_factory=lambda: secrets.token_hex(3))
     databases: list[str] = field(default_factory=list)
     _template: str = ""
@@ -150,6 +151,7 @@ class Bench:
             amqp_url=self.amqp_url,
             prefix=self.prefix,
             http_listen="",
+            queue_type=self.queue_type,
             **extra,
         )
 
@@ -159,6 +161,7 @@ class Bench:
             "DISPATCHER_DATABASE_URL": self.url(db),
             "DISPATCHER_AMQP_URL": self.amqp_url,
             "DISPATCHER_PREFIX": self.prefix,
+            "DISPATCHER_QUEUE_TYPE": self.queue_type,
             "DISPATCHER_HTTP_LISTEN": f"127.0.0.1:{port}",
             "DISPATCHER_LOG_LEVEL": "INFO",
         }
@@ -681,7 +684,7 @@ def table(r: Results, args: argparse.Namespace) -> Iterator[str]:
     rss100, rss_end = r["rss_after_backlog_kib"], r["rss_at_end_kib"]
     growth = None if not rss100 or not rss_end else (rss_end - rss100) / rss100 * 100
     rows = [
-        ("backlog", f"{args.messages:,} messages, {args.vms:,} VMs", ""),
+        ("backlog", f"{args.messages:,} messages, {args.vms:,} VMs, {args.queue_type}", ""),
         ("publish (confirms)", f"{f(r['publish_rate'])} msg/s", ""),
         ("raw: ack only (broker ceiling)", f"{f(r['raw_rate'])} msg/s", ""),
         (
@@ -738,7 +741,7 @@ class Run:
     def __init__(self, args: argparse.Namespace) -> None:
         base, amqp = service_urls()
         self.args = args
-        self.bench = Bench(base, amqp)
+        self.bench = Bench(base, amqp, queue_type=args.queue_type)
         self.r = Results()
         self.logs = Path(args.log_dir)
         self.logs.mkdir(parents=True, exist_ok=True)
@@ -748,7 +751,7 @@ class Run:
 
     async def __call__(self) -> Results:
         args, r = self.args, self.r
-        log(f"prefix {self.bench.prefix}, logs in {self.logs}")
+        log(f"prefix {self.bench.prefix}, {self.bench.queue_type} queues, logs in {self.logs}")
         try:
             # the backlog, generated once for world ids 1..vms (every fresh database has them)
             db = await self.bench.fresh_db("raw")
@@ -1012,6 +1015,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rss-messages", type=int, help="messages handled before the last RSS (1M)")
     p.add_argument("--big-rows", type=int, help="VM rows of the last phase (1,000,000)")
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument(
+        "--queue-type",
+        choices=("quorum", "classic"),
+        default="quorum",
+        help="type of the bench's queues (quorum, the daemon's default)",
+    )
     p.add_argument("--phases", default=",".join(PHASES), help=f"subset of {','.join(PHASES)}")
     p.add_argument("--json", type=Path, help="also write the figures here")
     p.add_argument(
