@@ -9,7 +9,8 @@ history or its deduplication digest).
 from __future__ import annotations
 
 import hashlib
-from typing import Annotated, Final, Literal
+import json
+from typing import Annotated, Any, Final, Literal
 
 from pydantic import (
     AfterValidator,
@@ -34,7 +35,6 @@ FINALIZED: Final = frozenset({"canceled", "success", "error"})
 
 _INT64_MAX: Final = 2**63 - 1
 _NUL: Final = b"\\u0000"
-_REPLACEMENT: Final = b"\\ufffd"
 
 
 def _event_time(v: list[int]) -> list[int]:
@@ -173,16 +173,32 @@ def parse(body: bytes) -> Message:
     """Validate one message body, raising ``InvalidMessage`` with a one-line reason."""
     if len(body) > MAX_BODY:
         raise InvalidMessage(f"body of {len(body)} bytes exceeds the {MAX_BODY}-byte limit")
-    if _NUL in body:
-        # valid JSON, but PostgreSQL text and jsonb cannot hold U+0000: keep the message,
-        # with U+FFFD (the replacement character) in its place
-        body = body.replace(_NUL, _REPLACEMENT)
     try:
-        return _ADAPTER.validate_json(body)
+        msg = _ADAPTER.validate_json(body)
+        if _NUL in body:
+            # valid, but PostgreSQL text and jsonb cannot hold U+0000: keep the message,
+            # with U+FFFD (the replacement character) in its place
+            msg = _ADAPTER.validate_json(_without_nul(body))
     except ValidationError as exc:
         raise InvalidMessage(_explain(body, exc)) from None
     except RecursionError:
         raise InvalidMessage("JSON nested too deeply") from None
+    return msg
+
+
+def _without_nul(body: bytes) -> bytes:
+    # on the decoded document, not the bytes: an escaped backslash followed by the text
+    # "u0000" is no NUL and stays as it is
+    def clean(v: Any) -> Any:
+        if isinstance(v, str):
+            return v.replace("\x00", "\ufffd")
+        if isinstance(v, list):
+            return [clean(x) for x in v]
+        if isinstance(v, dict):
+            return {clean(k): clean(x) for k, x in v.items()}
+        return v
+
+    return json.dumps(clean(json.loads(body))).encode()
 
 
 def _explain(body: bytes, exc: ValidationError) -> str:

@@ -36,3 +36,18 @@ async def test_nul_character_in_a_valid_message_is_applied(env: Env) -> None:
     shown = env.json("server", "show", str(vm))
     assert shown["operstate"] == "ERROR"
     assert shown["backendlogmsg"] == "bad\ufffdbyte"
+
+
+def test_only_real_nul_characters_are_replaced() -> None:
+    def logmsg(raw_json_string: str) -> str | None:
+        body = (
+            '{"type": "ganeti-op-status", "instance": "snf-1", "operation": "OP_X",'
+            f' "jobId": 1, "status": "error", "logmsg": {raw_json_string},'
+            ' "event_time": [1, 0]}'
+        )
+        return parse(body.encode()).logmsg  # type: ignore[union-attr]
+
+    assert logmsg('"a\\u0000b"') == "a\ufffdb"
+    # an escaped backslash, then the text u0000: no NUL, kept as written
+    assert logmsg('"a\\\\u0000b"') == "a\\u0000b"
+    assert logmsg('"a\\\\\\u0000b"') == "a\\\ufffdb"
