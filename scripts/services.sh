@@ -316,6 +316,12 @@ pg_provision() {
     if [ "$exists" != 1 ]; then
         as_postgres_psql -c "CREATE ROLE $DB_USER LOGIN CREATEDB PASSWORD '$DB_PASSWORD'"
     fi
+    # DROP DATABASE ... WITH (FORCE) checks its right to signal every process in the
+    # database, autovacuum workers (which have no role) included: without
+    # pg_signal_backend a teardown that meets autovacuum fails at random.
+    if [ "$(as_postgres_psql -tAc "SELECT pg_has_role('$DB_USER', 'pg_signal_backend', 'MEMBER')")" != t ]; then
+        as_postgres_psql -c "GRANT pg_signal_backend TO $DB_USER"
+    fi
     for db in "${DB_NAMES[@]}"; do
         exists=$(as_postgres_psql -tAc "SELECT 1 FROM pg_database WHERE datname = '$db'")
         if [ "$exists" != 1 ]; then

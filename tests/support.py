@@ -62,6 +62,19 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def as_postgres(database: str, sql: str) -> str:
+    """Run ``sql`` as the superuser, which only the local postgres account is; its output."""
+    psql = ["psql", "-XAtq", "-v", "ON_ERROR_STOP=1"]
+    return subprocess.run(
+        ["runuser", "-u", "postgres", "--", *psql, "-d", database, "-c", sql],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd="/",
+    ).stdout
+
+
 def unique_prefix() -> str:
     return "t" + secrets.token_hex(4)
 

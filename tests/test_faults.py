@@ -37,7 +37,7 @@ import pytest
 from dispatcher.messages import InvalidMessage, parse
 from dispatcher.topology import queues
 from dispatcher.views import iso
-from tests.support import PYTHON, ROOT, Daemon, Env, wait_until
+from tests.support import PYTHON, ROOT, Daemon, Env, as_postgres, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -488,15 +488,7 @@ def terminate_backends(database: str) -> int:
         "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
         f" WHERE datname = '{database}' AND pid <> pg_backend_pid()"
     )
-    out = subprocess.run(
-        ["runuser", "-u", "postgres", "--", "psql", "-XAtq", "-p", "5432", "-c", sql],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        cwd="/",
-        check=True,
-    )
-    return int(out.stdout.strip() or 0)
+    return int(as_postgres("postgres", sql).strip() or 0)
 
 
 def terminate_some_backends(database: str, deadline_s: float = 30.0) -> int:

@@ -15,7 +15,7 @@ from typing import Any
 
 import aio_pika
 
-from tests.support import Daemon, Env, daemon, wait_until
+from tests.support import Daemon, Env, as_postgres, daemon, wait_until
 
 
 def _metric_sum(text: str, name: str, **labels: str) -> float:
@@ -134,29 +134,6 @@ async def test_metrics_follow_the_stream(env: Env, tmp_path: Path) -> None:
         )
 
 
-def _as_postgres(database: str, sql: str) -> None:
-    """Role management needs the superuser, which only the local postgres account is."""
-    subprocess.run(
-        [
-            "runuser",
-            "-u",
-            "postgres",
-            "--",
-            "psql",
-            "-q",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-d",
-            database,
-            "-c",
-            sql,
-        ],
-        check=True,
-        capture_output=True,
-        timeout=60,
-    )
-
-
 async def _rabbit_user(user: str, password: str) -> None:
     for args in (["add_user", user, password], ["set_permissions", user, ".*", ".*", ".*"]):
         subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=60)
@@ -168,7 +145,7 @@ async def test_no_secret_in_any_log_line(env: Env, tmp_path: Path) -> None:
     rapi_secret = "rapiS3cret-" + secrets.token_hex(8)
     role = "r_" + secrets.token_hex(4)
     user = "u_" + secrets.token_hex(4)
-    _as_postgres(
+    as_postgres(
         env.database,
         f"CREATE ROLE {role} LOGIN PASSWORD '{db_secret}';"
         f"GRANT ALL ON ALL TABLES IN SCHEMA public TO {role};"
@@ -211,7 +188,7 @@ async def test_no_secret_in_any_log_line(env: Env, tmp_path: Path) -> None:
                 "dead letters",
             )
             # the database connection cut under the daemon: the retry path logs too
-            _as_postgres(
+            as_postgres(
                 "postgres",
                 f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{role}'",
             )
@@ -259,7 +236,7 @@ async def test_no_secret_in_any_log_line(env: Env, tmp_path: Path) -> None:
         outputs += [down.stdout, down.stderr]
     finally:
         subprocess.run(["rabbitmqctl", "-q", "delete_user", user], capture_output=True, timeout=60)
-        _as_postgres(
+        as_postgres(
             "postgres",
             f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{role}'",
         )
