@@ -240,6 +240,7 @@ async def test_no_secret_in_any_log_line(env: Env, tmp_path: Path) -> None:
             "postgres",
             f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{role}'",
         )
+        as_postgres(env.database, f"DROP OWNED BY {role}; DROP ROLE {role}")
     text = "\n".join(outputs)
     assert '"level": "WARNING"' in text or '"level":"WARNING"' in text  # error paths logged
     for secret in (db_secret, amqp_secret, rapi_secret):
