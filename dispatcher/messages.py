@@ -55,7 +55,8 @@ def _job_id(v: int) -> int:
 EventTime = Annotated[list[StrictInt], AfterValidator(_event_time)]
 JobId = Annotated[StrictInt, AfterValidator(_job_id)]
 Number = Annotated[StrictInt | StrictFloat, Field(allow_inf_nan=False)]
-Name = Annotated[StrictStr, Field(max_length=255)]
+# unbounded: a name of any length is a valid string that is simply not ours (§5.4)
+Name = StrictStr
 
 
 class _Model(BaseModel):

@@ -19,6 +19,8 @@ def _id_after(name: str, head: str) -> int | None:
     # isdecimal() alone admits non-ASCII digits; a leading zero would make two names one id
     if not tail.isascii() or not tail.isdecimal() or (len(tail) > 1 and tail[0] == "0"):
         return None
+    if len(tail) > 10:  # past any id; also keeps int() off names of thousands of digits
+        return None
     value = int(tail)
     return value if 0 < value < 2**31 else None
 

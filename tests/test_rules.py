@@ -1082,6 +1082,10 @@ NAMES = [
     ("snf", "snf-0", None, None),
     ("snf", "snf-net-07", None, None),
     ("snf", "snf-net-0", None, None),
+    # past any id, and far past what int() parses by default (4,300 digits)
+    ("snf", "snf-" + "1" * 11, None, None),
+    ("snf", "snf-" + "9" * 5000, None, None),
+    ("snf", "snf-net-" + "9" * 5000, None, None),
     # no prefix at all
     ("snf", "42", None, None),
     ("snf", "", None, None),

@@ -51,3 +51,57 @@ def test_only_real_nul_characters_are_replaced() -> None:
     # an escaped backslash, then the text u0000: no NUL, kept as written
     assert logmsg('"a\\\\u0000b"') == "a\\u0000b"
     assert logmsg('"a\\\\\\u0000b"') == "a\\\ufffdb"
+
+
+async def test_long_strings_in_a_valid_message_are_applied(env: Env) -> None:
+    """CONTRACT §4 bounds no string: a long opcode, MAC or address is stored whole, a long
+    helper subtype is applied, and a name too long to be ours is acked as not ours (not
+    dead-lettered)."""
+    settings = env.settings()
+    opcode = "OP_" + "X" * 500
+    mac = "aa:" * 200 + "ff"
+    ip6 = "2001:db8::" + "1" * 300
+    async with engine_scope(settings) as engine:
+        world = await create_world(engine, 1)
+        vm = world.vm_ids[0]
+        net = world.networks[0].id
+        base = {"instance": f"{env.prefix}-{vm}", "event_time": [1_795_000_000, 0]}
+        bodies = [
+            {
+                **base,
+                "type": "ganeti-op-status",
+                "operation": opcode,
+                "jobId": 7,
+                "status": "success",
+                "logmsg": "",
+                "nics": [{"network": f"{env.prefix}-net-{net}", "mac": mac, "ipv6": ip6}],
+            },
+            {
+                **base,
+                "type": "image-helper",
+                "subtype": "s" * 300,
+                "messages": ["m"],
+                "event_time": [1_795_000_001, 0],
+            },
+            {
+                **base,
+                "type": "ganeti-op-status",
+                "instance": f"{env.prefix}-" + "9" * 5000,
+                "operation": "OP_INSTANCE_STARTUP",
+                "jobId": 8,
+                "status": "success",
+                "logmsg": None,
+            },
+        ]
+        store = EventStore(engine, env.prefix)
+        try:
+            results = await store.apply(
+                [Incoming.of(parse(json.dumps(b).encode())) for b in bodies]
+            )
+        finally:
+            await store.close()
+    assert [r.outcome for r in results] == [Outcome.APPLIED, Outcome.APPLIED, Outcome.IGNORED]
+    shown = env.json("server", "show", str(vm))
+    assert shown["backendopcode"] == opcode
+    assert [(n["mac"], n["ipv6"]) for n in shown["nics"]] == [(mac, ip6)]
+    assert [d["source"] for d in shown["diagnostics"]] == ["image-helper"]
