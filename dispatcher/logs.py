@@ -275,6 +275,9 @@ def setup_logging(
     handler.set_name(_HANDLER_NAME)
     handler.setFormatter(formatter)
     handler.addFilter(_ContextCapture())
+    # also on the handler: NOISY_LOGGERS carry a level of their own, which must not let
+    # records below ``level`` through
+    handler.setLevel(numeric)
 
     root = logging.getLogger()
     for old in [h for h in root.handlers if h.get_name() == _HANDLER_NAME]:

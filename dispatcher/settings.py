@@ -10,6 +10,7 @@ repr or a log line never shows them.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from enum import StrEnum
 from pathlib import Path
@@ -75,6 +76,10 @@ def redact_url(url: str) -> str:
 def _env_files() -> tuple[str, ...]:
     files = [".env"]
     if cfg := os.environ.get("DISPATCHER_CONFIG"):
+        # pydantic-settings skips a missing env file; a named config file that is not
+        # there is an operator's mistake, not a default
+        if not Path(cfg).is_file():
+            raise ValueError(f"DISPATCHER_CONFIG names {cfg}, which is not a readable file")
         files.append(cfg)  # later files win over earlier ones
     return tuple(files)
 
@@ -125,6 +130,14 @@ class Settings(BaseSettings):
         if not v or "-" in v or "." in v or not v.isascii():
             raise ValueError("prefix must be non-empty ASCII without '-' or '.'")
         return v
+
+    @field_validator("log_level")
+    @classmethod
+    def _log_level_ok(cls, v: str) -> str:
+        text = v.strip().upper()
+        if not text.isdigit() and text not in logging.getLevelNamesMapping():
+            raise ValueError("log level must be DEBUG, INFO, WARNING, ERROR or CRITICAL")
+        return text
 
     @field_validator("createinstance_kwargs", mode="before")
     @classmethod

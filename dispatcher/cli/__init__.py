@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import sys
 from collections.abc import Sequence
 
@@ -21,12 +22,22 @@ from dispatcher.db.errors import is_transient
 from dispatcher.logs import redact, register_settings_secrets, setup_logging
 from dispatcher.settings import Settings, load_settings, redact_url
 
+# above CRITICAL: a one-shot command reports its failure in one line of its own
+QUIET = logging.CRITICAL + 1
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dispatcher", description="Keep the cloud database in step with Ganeti clusters."
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--json", action="store_true", help="one JSON document on stdout")
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="log to stderr at DISPATCHER_LOG_LEVEL (the daemons always do)",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     daemon.register(sub)
     backends.register(sub)
@@ -48,6 +59,8 @@ def _settings_error(exc: ValidationError) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.json and not args.json_capable:
+        parser.error(f"--json: not an option of {args.command}")
     try:
         settings: Settings = load_settings()
     except ValidationError as exc:
@@ -57,7 +70,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"dispatcher: cannot load settings: {exc}", file=sys.stderr)
         return EXIT_USAGE
     register_settings_secrets(settings)
-    setup_logging(settings.log_level, settings.log_format)
+    if args.long_running or args.verbose:
+        setup_logging(settings.log_level, settings.log_format)
+    else:
+        setup_logging(QUIET, settings.log_format)
     try:
         code: int = asyncio.run(args.handler(args, settings))
         return code

@@ -30,10 +30,22 @@ class UsageError(Exception):
 Handler = Callable[[argparse.Namespace, Settings], Coroutine[Any, Any, int]]
 
 
-def command(parser: argparse.ArgumentParser, handler: Handler, *, json_flag: bool = True) -> None:
+def command(
+    parser: argparse.ArgumentParser,
+    handler: Handler,
+    *,
+    json_flag: bool = True,
+    long_running: bool = False,
+) -> None:
+    """``long_running`` commands (daemons) log at ``DISPATCHER_LOG_LEVEL``; the others log
+    only with ``--verbose``, so a failure is the one line on stderr that CONTRACT §6 asks."""
     if json_flag:
-        parser.add_argument("--json", action="store_true", help="one JSON document on stdout")
-    parser.set_defaults(handler=handler)
+        # SUPPRESS: ``dispatcher --json server list`` (set by the top-level parser) must
+        # survive the subcommand's parse
+        parser.add_argument(
+            "--json", action="store_true", default=argparse.SUPPRESS, help="one JSON document"
+        )
+    parser.set_defaults(handler=handler, json_capable=json_flag, long_running=long_running)
 
 
 @asynccontextmanager

@@ -19,7 +19,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     command(
         sub.add_parser("migrate", help="upgrade the database schema to the latest version"), migrate
     )
-    command(sub.add_parser("run", help="the daemon, in the foreground"), run, json_flag=False)
+    command(
+        sub.add_parser("run", help="the daemon, in the foreground"),
+        run,
+        json_flag=False,
+        long_running=True,
+    )
     p = sub.add_parser("simulate", help="publish a realistic event stream for simulated VMs")
     p.add_argument("--vms", type=int, required=True)
     p.add_argument("--rate", type=float, default=0, help="messages per second (0: at once)")

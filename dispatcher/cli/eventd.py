@@ -54,7 +54,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         default=60.0,
         help="with --once: seconds to wait for the broker (default 60)",
     )
-    command(p, eventd, json_flag=False)
+    command(p, eventd, json_flag=False, long_running=True)
 
     p = sub.add_parser(
         "progress-monitor",
@@ -74,7 +74,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="seconds to wait at exit for the broker's confirms (default 5)",
     )
     p.add_argument("cmd", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
-    command(p, progress_monitor, json_flag=False)
+    command(p, progress_monitor, json_flag=False, long_running=True)
 
 
 async def eventd(args: argparse.Namespace, settings: Settings) -> int:

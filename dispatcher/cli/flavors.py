@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from sqlalchemy import select
 
@@ -36,7 +37,10 @@ async def create(args: argparse.Namespace, settings: Settings) -> int:
             )
         )
         if existing is not None:
-            raise UsageError(f"flavor {existing.id} already has these values")
+            # create is idempotent: the flavor with these values is the answer
+            print(f"dispatcher: flavor {existing.id} already has these values", file=sys.stderr)
+            emit_json(flavor_view(existing)) if args.json else print(existing.id)
+            return 0
         flavor = Flavor(
             cpu=args.cpu,
             ram=args.ram,
