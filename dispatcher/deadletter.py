@@ -10,7 +10,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import aio_pika
-from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractConnection,
+    AbstractIncomingMessage,
+    AbstractQueue,
+)
 
 from dispatcher.consumer import (
     ERROR_HEADER,
@@ -132,13 +137,28 @@ async def _channel(settings: Settings) -> AsyncIterator[AbstractChannel]:
         await conn.close()
 
 
+class MissingQueue(LookupError):
+    """The dead-letter queue is not on the broker: the daemon has not declared it yet, or
+    the prefix or broker is not the daemon's."""
+
+
+async def _dead_letter_queue(channel: AbstractChannel, spec: QueueSpec) -> AbstractQueue:
+    try:
+        return await channel.declare_queue(spec.dead_letter_queue, passive=True)
+    except aio_pika.exceptions.ChannelNotFoundEntity:
+        raise MissingQueue(
+            f"no queue {spec.dead_letter_queue!r} on the broker"
+            " (`dispatcher run` declares it at start; check DISPATCHER_PREFIX)"
+        ) from None
+
+
 async def inspect(settings: Settings, name: str, limit: int | None = None) -> list[DeadLetter]:
     """The queue's dead letters, oldest first. Nothing is removed: every message is fetched
     unacknowledged and returns to the queue when the channel closes."""
     spec = resolve(settings, name)
     out: list[DeadLetter] = []
     async with _channel(settings) as channel:
-        queue = await channel.get_queue(spec.dead_letter_queue, ensure=True)
+        queue = await _dead_letter_queue(channel, spec)
         while limit is None or len(out) < limit:
             message = await queue.get(no_ack=False, fail=False)
             if message is None:
@@ -154,7 +174,7 @@ async def retry(settings: Settings, name: str | None = None) -> dict[str, int]:
     counts: dict[str, int] = {}
     async with _channel(settings) as channel:
         for spec in specs:
-            queue = await channel.declare_queue(spec.dead_letter_queue, passive=True)
+            queue = await _dead_letter_queue(channel, spec)
             pending = queue.declaration_result.message_count or 0
             done = 0
             # bounded by the depth seen at the start: a message that dies again is for later

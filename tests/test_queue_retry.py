@@ -57,7 +57,8 @@ async def test_retry_sends_dead_letters_back_where_they_came_from(env: Env) -> N
 
 async def test_retry_of_an_invalid_message_dead_letters_it_again(env: Env) -> None:
     op_queue = f"{env.prefix}-events-op"
-    bad = {"type": "ganeti-op-status", "instance": f"{env.prefix}-1"}  # fields missing
+    # fields missing; the padding makes the body longer than a table cell
+    bad = {"type": "ganeti-op-status", "instance": f"{env.prefix}-1", "pad": "p" * 300}
     with daemon(env):
         await publish(env.settings(), [(f"ganeti.{env.prefix}.event.op", bad)])
 
@@ -65,6 +66,10 @@ async def test_retry_of_an_invalid_message_dead_letters_it_again(env: Env) -> No
             return env.json("queue", "inspect", op_queue)  # type: ignore[no-any-return]
 
         first = await async_wait_until(dead, 60, 0.3, "dead letter")
+        # the plain listing shows each reason and the whole body
+        plain = env.cli("queue", "inspect", op_queue).stdout
+        assert first[0]["reason"] in plain and first[0]["body"] in plain
+        assert plain.rstrip().endswith("1 dead letter(s)")
         assert env.json("queue", "retry", op_queue)["retried"] == {op_queue: 1}
 
         async def dead_again() -> list[dict[str, Any]] | None:

@@ -7,7 +7,7 @@ import argparse
 import aio_pika
 
 from dispatcher import deadletter
-from dispatcher.cli.common import CommandError, UsageError, command, emit_json, emit_table
+from dispatcher.cli.common import CommandError, UsageError, command, emit_json
 from dispatcher.settings import Settings
 
 
@@ -29,16 +29,19 @@ async def inspect(args: argparse.Namespace, settings: Settings) -> int:
         letters = await deadletter.inspect(settings, args.queue, args.limit)
     except deadletter.UnknownQueue as exc:
         raise UsageError(str(exc)) from None
+    except deadletter.MissingQueue as exc:
+        raise CommandError(str(exc)) from None
     except (ConnectionError, aio_pika.exceptions.AMQPError) as exc:
         raise CommandError(f"broker unavailable: {type(exc).__name__}: {exc}") from None
     if args.json:
         emit_json([d.as_dict() for d in letters])
-    else:
-        rows = [
-            {"#": i, "failed_at": d.failed_at, "reason": d.reason, "body": d.body[:80]}
-            for i, d in enumerate(letters)
-        ]
-        emit_table(rows, ["#", "failed_at", "reason", "body"])
+        return 0
+    # a block per letter: reasons and bodies are long, and the body is shown whole
+    for i, d in enumerate(letters):
+        print(f"#{i}  failed_at {d.failed_at or '-'}  from {d.exchange} {d.routing_key}")
+        print(f"  reason: {d.reason or '-'}")
+        print(f"  body ({d.body_encoding}): {d.body}")
+    print(f"{len(letters)} dead letter(s)")
     return 0
 
 
@@ -47,6 +50,8 @@ async def retry(args: argparse.Namespace, settings: Settings) -> int:
         counts = await deadletter.retry(settings, args.queue)
     except deadletter.UnknownQueue as exc:
         raise UsageError(str(exc)) from None
+    except deadletter.MissingQueue as exc:
+        raise CommandError(str(exc)) from None
     except (ConnectionError, aio_pika.exceptions.AMQPError) as exc:
         raise CommandError(f"broker unavailable: {type(exc).__name__}: {exc}") from None
     if args.json:
