@@ -31,9 +31,11 @@ class BnState:
 def apply_network(
     state: BnState, msg: NetworkStatus, network_action: str | None
 ) -> tuple[BnState, bool]:
-    """The backend network's state after ``msg``, and whether ``msg`` was applied."""
-    if state.deleted:
-        return state, False
+    """The backend network's state after ``msg``, and whether ``msg`` was applied.
+
+    Unlike a removed VM, a deleted backend network still takes later messages (§5.3 makes no
+    exception for it): a network made again under the same name, by ``reconcile --fix`` or
+    by hand, is in the cluster again, and a later ADD/CONNECT success says so."""
     st = replace(
         state,
         backendjobid=msg.jobId,
@@ -52,9 +54,7 @@ def apply_network(
         and (state.operstate == "ERROR" or network_action == "DESTROY")
     ):
         st = replace(st, operstate="DELETED")
-    if st.operstate == "DELETED":
-        st = replace(st, deleted=True)
-    return st, True
+    return replace(st, deleted=st.operstate == "DELETED"), True
 
 
 def fold_network(

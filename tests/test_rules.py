@@ -666,6 +666,8 @@ BN_ACTIVE = BnState(operstate="ACTIVE", backendjobid=1, backendopcode="OP_NETWOR
                     backendjobstatus="success")  # fmt: skip
 BN_ERROR = BnState(operstate="ERROR", backendjobid=1, backendopcode="OP_NETWORK_ADD",
                    backendjobstatus="error")  # fmt: skip
+BN_DELETED = BnState(operstate="DELETED", deleted=True, backendjobid=1,
+                     backendopcode="OP_NETWORK_REMOVE", backendjobstatus="success")  # fmt: skip
 
 BACKEND_NETWORK = [
     # (given, network action, opcode, status, expected operstate, expected deleted)
@@ -699,6 +701,12 @@ BACKEND_NETWORK = [
     (BN_ERROR, "CREATE", "OP_NETWORK_QUERY_DATA", "success", "ERROR", False),
     (BN_ACTIVE, "DESTROY", "OP_NETWORK_FOO", "success", "ACTIVE", False),
     (BN_ERROR, "DESTROY", "OP_NETWORK_FOO", "error", "ERROR", False),
+    # deleted, then made again under the same name: later messages still apply
+    (BN_DELETED, "DESTROY", "OP_NETWORK_ADD", "success", "PENDING", False),
+    (BN_DELETED, "CREATE", "OP_NETWORK_CONNECT", "success", "ACTIVE", False),
+    (BN_DELETED, "DESTROY", "OP_NETWORK_CONNECT", "running", "DELETED", True),
+    (BN_DELETED, "DESTROY", "OP_NETWORK_REMOVE", "error", "DELETED", True),
+    (BN_DELETED, "CREATE", "OP_NETWORK_DISCONNECT", "error", "DELETED", True),
 ]
 
 

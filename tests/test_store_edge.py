@@ -7,7 +7,7 @@ import json
 from dispatcher.db.engine import engine_scope
 from dispatcher.db.store import EventStore, Incoming, Outcome
 from dispatcher.messages import parse
-from dispatcher.simulate import create_world
+from dispatcher.simulate import SIM_CLUSTER, create_world
 from tests.support import Env
 
 
@@ -105,3 +105,43 @@ async def test_long_strings_in_a_valid_message_are_applied(env: Env) -> None:
     assert shown["backendopcode"] == opcode
     assert [(n["mac"], n["ipv6"]) for n in shown["nics"]] == [(mac, ip6)]
     assert [d["source"] for d in shown["diagnostics"]] == ["image-helper"]
+
+
+async def test_a_network_made_again_after_removal_comes_back(env: Env) -> None:
+    """§5.3 exempts only removed VMs from later messages: a network removed and then made
+    again under its name (``reconcile networks --fix``) is ACTIVE again, not deleted."""
+    settings = env.settings()
+    async with engine_scope(settings) as engine:
+        world = await create_world(engine, 0)
+        net = world.networks[1].id
+
+        def status(operation: str, job: int, second: int) -> Incoming:
+            body = {
+                "type": "ganeti-network-status",
+                "network": f"{env.prefix}-net-{net}",
+                "operation": operation,
+                "jobId": job,
+                "status": "success",
+                "logmsg": "",
+                "event_time": [1_795_000_000 + second, 0],
+                "cluster": SIM_CLUSTER,
+            }
+            return Incoming.of(parse(json.dumps(body).encode()))
+
+        store = EventStore(engine, env.prefix)
+        try:
+            life = [("OP_NETWORK_ADD", 1), ("OP_NETWORK_CONNECT", 2), ("OP_NETWORK_REMOVE", 3)]
+            for op, job in life:
+                await store.apply([status(op, job, job)])
+            removed = env.json("network", "show", str(net))
+            # delivered out of order: the connect of the new life before its add
+            again = [status("OP_NETWORK_CONNECT", 5, 5), status("OP_NETWORK_ADD", 4, 4)]
+            results = await store.apply(again)
+        finally:
+            await store.close()
+    assert (removed["state"], removed["deleted"]) == ("DELETED", True)
+    assert [r.outcome for r in results] == [Outcome.APPLIED, Outcome.APPLIED]
+    shown = env.json("network", "show", str(net))
+    assert (shown["state"], shown["deleted"]) == ("ACTIVE", False)
+    [bn] = shown["backends"]
+    assert (bn["operstate"], bn["deleted"], bn["backendjobid"]) == ("ACTIVE", False, 5)

@@ -596,8 +596,6 @@ class _NetworkBatch(_Batch):
                 reason = "unknown network"
             elif cluster not in backends:
                 reason = "unknown cluster"
-            elif (net_id, backends[cluster]) not in bns and nets[net_id]["deleted"]:
-                reason = "network is deleted"
             if reason:
                 for i in idxs:
                     self.results[i] = Result(Outcome.IGNORED, reason)
