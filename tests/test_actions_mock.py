@@ -30,6 +30,7 @@ from dispatcher.actions.errors import (
     BuildingError,
     ClusterError,
     DeletedError,
+    InUseError,
     InvalidActionError,
     InvalidInputError,
     NotFoundError,
@@ -951,6 +952,50 @@ async def test_network_remove(session: AsyncSession) -> None:
     }
     row = await session.get(Network, net.id, populate_existing=True)
     assert row is not None and (row.action, row.deleted, row.state) == ("DESTROY", False, "ACTIVE")
+
+
+async def test_network_in_use_is_not_removed(session: AsyncSession) -> None:
+    b = await add_backend(session)
+    f = await add_flavor(session)
+    net = await add_network(session)
+    session.add(
+        BackendNetwork(network_id=net.id, backend_id=b.id, operstate="ACTIVE", deleted=False)
+    )
+    live = await add_vm(session, b, f)
+    gone = await add_vm(session, b, f, deleted=True, operstate="DESTROYED")
+    for vm in (live, gone):
+        session.add(
+            NetworkInterface(
+                machine_id=vm.id,
+                network_id=net.id,
+                index=0,
+                mac="m",
+                ipv4="",
+                ipv6="",
+                firewall_profile="",
+            )
+        )
+    await session.commit()
+    net_id, live_id = net.id, live.id
+    name = f"snf-net-{net_id}"
+    fake = FakeCluster(
+        networks={name: {"name": name, "inst_list": [], "group_list": [["g1", "b", "l", ""]]}}
+    )
+    async with pool_for(fake) as pool:
+        with pytest.raises(InUseError, match=f"in use by server\\(s\\) {live_id}:") as caught:
+            await net_actions.remove_network(session, pool, net_id, prefix="snf")
+    assert caught.value.exit_code == 1
+    assert fake.writes() == []
+    row = await session.get(Network, net_id, populate_existing=True)
+    assert row is not None and (row.action, row.deleted) == ("CREATE", False)
+    # once the server is gone, the network can go
+    server = await session.get(VirtualMachine, live_id)
+    assert server is not None
+    server.deleted = True
+    await session.commit()
+    async with pool_for(fake) as pool:
+        result = await net_actions.remove_network(session, pool, net_id, prefix="snf")
+    assert result.backends[0].jobs["delete"]
 
 
 async def test_network_remove_refused_changes_nothing(session: AsyncSession) -> None:

@@ -5,6 +5,7 @@
     ├── InvalidInputError          2: the request itself is wrong (bad CIDR, NIC index, ...)
     ├── InvalidActionError         2: not one of ACTIONS (reference §e.5)
     ├── DeletedError               the object is deleted
+    ├── InUseError                 live servers still have NICs on the network
     ├── BuildingError              the server is still in BUILD; only DESTROY is allowed
     ├── BackendUnavailableError    the backend is offline (or drained, for a new server)
     └── ClusterError               RAPI refused or failed (wraps a RapiError), or a job failed
@@ -62,6 +63,10 @@ class DeletedError(ActionError):
 
 
 class BuildingError(ActionError):
+    pass
+
+
+class InUseError(ActionError):
     pass
 
 

@@ -29,12 +29,20 @@ from dispatcher.actions.clients import ClientPool, call
 from dispatcher.actions.errors import (
     ClusterError,
     DeletedError,
+    InUseError,
     InvalidInputError,
     NotFoundError,
 )
 from dispatcher.actions.jobs import wait_for_success
 from dispatcher.actions.servers import disconnect_from_network
-from dispatcher.db.models import Backend, BackendNetwork, Network, NetworkEvent
+from dispatcher.db.models import (
+    Backend,
+    BackendNetwork,
+    Network,
+    NetworkEvent,
+    NetworkInterface,
+    VirtualMachine,
+)
 from dispatcher.names import network_name
 from dispatcher.rapi import Depends, RapiClient, RapiError, RapiNotFound
 from dispatcher.rapi.client import NETWORKS_SINCE
@@ -341,6 +349,22 @@ async def remove_network(
         net = await load_network(s, net_id, lock=True)
         if net.deleted:
             raise DeletedError(f"network {net.id} is deleted")
+        # as Synnefo's API: a failed remove would still count as DELETED (§5.3, action
+        # DESTROY) while the servers keep their NICs on the cluster
+        users = list(
+            await s.scalars(
+                select(NetworkInterface.machine_id)
+                .join(VirtualMachine, VirtualMachine.id == NetworkInterface.machine_id)
+                .where(NetworkInterface.network_id == net.id, VirtualMachine.deleted.is_(False))
+                .distinct()
+                .order_by(NetworkInterface.machine_id)
+            )
+        )
+        if users:
+            raise InUseError(
+                f"network {net.id} is in use by server(s) {', '.join(map(str, users))}:"
+                " disconnect or remove them first"
+            )
         rows = await s.execute(
             select(BackendNetwork, Backend)
             .join(Backend, Backend.id == BackendNetwork.backend_id)
