@@ -240,7 +240,7 @@ class _StderrHandler(logging.StreamHandler[IO[str]]):
 _HANDLER_NAME = "dispatcher-root"
 
 
-def _parse_level(level: str | int) -> int:
+def parse_level(level: str | int) -> int:
     if isinstance(level, int):
         return level
     text = level.strip().upper()
@@ -263,7 +263,7 @@ def setup_logging(
     Calling it again replaces the handler it installed before. Library loggers in
     :data:`NOISY_LOGGERS` are held at WARNING unless ``level`` is DEBUG (or lower).
     """
-    numeric = _parse_level(level)
+    numeric = parse_level(level)
     if fmt == "json":
         formatter: logging.Formatter = JsonFormatter()
     elif fmt == "text":

@@ -10,7 +10,6 @@ repr or a log line never shows them.
 from __future__ import annotations
 
 import json
-import logging
 import os
 from enum import StrEnum
 from pathlib import Path
@@ -19,6 +18,8 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from dispatcher.logs import parse_level
 
 DEFAULT_DATABASE_URL = "postgresql+asyncpg://dispatcher@localhost:5432/dispatcher"
 DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
@@ -134,10 +135,11 @@ class Settings(BaseSettings):
     @field_validator("log_level")
     @classmethod
     def _log_level_ok(cls, v: str) -> str:
-        text = v.strip().upper()
-        if not text.isdigit() and text not in logging.getLevelNamesMapping():
-            raise ValueError("log level must be DEBUG, INFO, WARNING, ERROR or CRITICAL")
-        return text
+        try:
+            parse_level(v)
+        except ValueError:
+            raise ValueError("log level must be DEBUG, INFO, WARNING, ERROR or CRITICAL") from None
+        return v.strip().upper()
 
     @field_validator("createinstance_kwargs", mode="before")
     @classmethod

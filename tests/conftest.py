@@ -7,12 +7,11 @@ import os
 import secrets
 import subprocess
 from collections.abc import AsyncIterator
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
 
-from tests.support import PYTHON, ROOT, Env, unique_prefix
+from tests.support import PYTHON, ROOT, Env, pg_dsn, unique_prefix, with_db
 
 ADMIN_DB = "postgres"
 # per session: concurrent pytest sessions must not clone each other's half-migrated template
@@ -41,15 +40,6 @@ def _service_env() -> dict[str, str]:
     return env
 
 
-def _with_db(url: str, db: str) -> str:
-    parts = urlsplit(url)
-    return urlunsplit((parts.scheme, parts.netloc, f"/{db}", parts.query, parts.fragment))
-
-
-def _pg_dsn(url: str) -> str:
-    return url.replace("postgresql+asyncpg://", "postgresql://", 1)
-
-
 @pytest.fixture(scope="session")
 def service_env() -> dict[str, str]:
     env = _service_env()
@@ -67,18 +57,18 @@ def base_db_url(service_env: dict[str, str]) -> str:
 @pytest.fixture(scope="session")
 async def template_db(base_db_url: str) -> AsyncIterator[str]:
     """A database migrated to head once per session; tests clone it."""
-    admin = await asyncpg.connect(_pg_dsn(_with_db(base_db_url, ADMIN_DB)))
+    admin = await asyncpg.connect(pg_dsn(with_db(base_db_url, ADMIN_DB)))
     try:
         await admin.execute(f'DROP DATABASE IF EXISTS "{TEMPLATE}" WITH (FORCE)')
         await admin.execute(f'CREATE DATABASE "{TEMPLATE}"')
     finally:
         await admin.close()
-    env = {**os.environ, "DISPATCHER_DATABASE_URL": _with_db(base_db_url, TEMPLATE)}
+    env = {**os.environ, "DISPATCHER_DATABASE_URL": with_db(base_db_url, TEMPLATE)}
     subprocess.run(
         [PYTHON, "-m", "dispatcher", "migrate"], env=env, check=True, capture_output=True, cwd=ROOT
     )
     yield TEMPLATE
-    admin = await asyncpg.connect(_pg_dsn(_with_db(base_db_url, ADMIN_DB)))
+    admin = await asyncpg.connect(pg_dsn(with_db(base_db_url, ADMIN_DB)))
     try:
         await admin.execute(f'DROP DATABASE IF EXISTS "{TEMPLATE}" WITH (FORCE)')
     finally:
@@ -90,7 +80,7 @@ async def env(
     service_env: dict[str, str], base_db_url: str, template_db: str
 ) -> AsyncIterator[Env]:
     name = "t_" + secrets.token_hex(6)
-    admin = await asyncpg.connect(_pg_dsn(_with_db(base_db_url, ADMIN_DB)))
+    admin = await asyncpg.connect(pg_dsn(with_db(base_db_url, ADMIN_DB)))
     try:
         await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"')
     finally:
@@ -98,7 +88,7 @@ async def env(
     prefix = unique_prefix()
     e = Env(
         vars={
-            "DISPATCHER_DATABASE_URL": _with_db(base_db_url, name),
+            "DISPATCHER_DATABASE_URL": with_db(base_db_url, name),
             "DISPATCHER_AMQP_URL": service_env["DISPATCHER_AMQP_URL"],
             "DISPATCHER_PREFIX": prefix,
             "DISPATCHER_HTTP_LISTEN": "",
@@ -108,7 +98,7 @@ async def env(
     )
     yield e
     await delete_queues(service_env["DISPATCHER_AMQP_URL"], prefix)
-    admin = await asyncpg.connect(_pg_dsn(_with_db(base_db_url, ADMIN_DB)))
+    admin = await asyncpg.connect(pg_dsn(with_db(base_db_url, ADMIN_DB)))
     try:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     finally:

@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
@@ -60,6 +61,17 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def with_db(url: str, db: str) -> str:
+    """``url`` pointing at database ``db``."""
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, f"/{db}", parts.query, parts.fragment))
+
+
+def pg_dsn(url: str) -> str:
+    """The SQLAlchemy URL as a DSN asyncpg takes."""
+    return url.replace("postgresql+asyncpg://", "postgresql://", 1)
 
 
 def as_postgres(database: str, sql: str) -> str:

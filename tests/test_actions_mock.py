@@ -242,6 +242,19 @@ async def add_vm(s: AsyncSession, backend: Backend, flavor: Flavor, **kw: Any) -
     return vm
 
 
+async def add_nic(s: AsyncSession, vm: VirtualMachine, net: Network, **kw: Any) -> None:
+    values: dict[str, Any] = {
+        "index": 0,
+        "mac": "m",
+        "ipv4": "",
+        "ipv6": "",
+        "firewall_profile": "",
+    }
+    values.update(kw)
+    s.add(NetworkInterface(machine_id=vm.id, network_id=net.id, **values))
+    await s.commit()
+
+
 async def count(s: AsyncSession, model: Any) -> int:
     n = await s.scalar(select(func.count()).select_from(model))
     await s.commit()
@@ -964,18 +977,7 @@ async def test_network_in_use_is_not_removed(session: AsyncSession) -> None:
     live = await add_vm(session, b, f)
     gone = await add_vm(session, b, f, deleted=True, operstate="DESTROYED")
     for vm in (live, gone):
-        session.add(
-            NetworkInterface(
-                machine_id=vm.id,
-                network_id=net.id,
-                index=0,
-                mac="m",
-                ipv4="",
-                ipv6="",
-                firewall_profile="",
-            )
-        )
-    await session.commit()
+        await add_nic(session, vm, net)
     net_id, live_id = net.id, live.id
     name = f"snf-net-{net_id}"
     fake = FakeCluster(
@@ -1236,18 +1238,7 @@ async def test_reconcile_servers_detects_and_fixes(
     building = await add_vm(session, b, f, operstate="BUILD", backendjobid=52)
     failed = await add_vm(session, b, f, operstate="ERROR", action="CREATE")
     nics = await add_vm(session, b, f, operstate="STARTED")
-    session.add(
-        NetworkInterface(
-            machine_id=nics.id,
-            network_id=net.id,
-            index=0,
-            mac="m0",
-            ipv4="10.77.5.9",
-            ipv6="",
-            firewall_profile="",
-        )
-    )
-    await session.commit()
+    await add_nic(session, nics, net, mac="m0", ipv4="10.77.5.9")
     fake = FakeCluster(
         instances={
             f"{p}-{stopped.id}": instance_json(

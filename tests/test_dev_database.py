@@ -9,26 +9,23 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
-from tests.support import as_postgres
+from tests.support import as_postgres, pg_dsn, with_db
 
 
-def _dsn(url: str, db: str, user: str | None = None, password: str | None = None) -> str:
-    parts = urlsplit(url.replace("postgresql+asyncpg://", "postgresql://", 1))
-    netloc = parts.netloc
-    if user is not None:
-        netloc = f"{user}:{password}@{netloc.rsplit('@', 1)[-1]}"
-    return urlunsplit((parts.scheme, netloc, f"/{db}", parts.query, parts.fragment))
+def _as_role(dsn: str, role: str, password: str) -> str:
+    parts = urlsplit(dsn)
+    return urlunsplit(parts._replace(netloc=f"{role}:{password}@{parts.netloc.rsplit('@', 1)[-1]}"))
 
 
 async def test_force_drop_ends_another_roles_session(base_db_url: str) -> None:
     name = "drop_" + secrets.token_hex(6)
     role = "r_" + secrets.token_hex(4)
     password = secrets.token_hex(12)
-    admin = await asyncpg.connect(_dsn(base_db_url, "postgres"))
+    admin = await asyncpg.connect(pg_dsn(with_db(base_db_url, "postgres")))
     try:
         await admin.execute(f'CREATE DATABASE "{name}"')
         as_postgres("postgres", f"CREATE ROLE {role} LOGIN PASSWORD '{password}'")
-        other = await asyncpg.connect(_dsn(base_db_url, name, role, password))
+        other = await asyncpg.connect(_as_role(pg_dsn(with_db(base_db_url, name)), role, password))
         try:
             assert await other.fetchval("SELECT 1") == 1
             await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')

@@ -7,7 +7,6 @@ from __future__ import annotations
 import secrets
 from collections.abc import AsyncIterator
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
@@ -21,28 +20,20 @@ from sqlalchemy.pool import NullPool
 
 from dispatcher.db.models import Base
 from dispatcher.migrate import alembic_config, current, downgrade, upgrade
-
-
-def _with_db(url: str, db: str) -> str:
-    parts = urlsplit(url)
-    return urlunsplit((parts.scheme, parts.netloc, f"/{db}", parts.query, parts.fragment))
-
-
-def _dsn(url: str) -> str:
-    return url.replace("postgresql+asyncpg://", "postgresql://", 1)
+from tests.support import pg_dsn, with_db
 
 
 @pytest.fixture
 async def empty_engine(base_db_url: str) -> AsyncIterator[AsyncEngine]:
     """An engine on a brand-new, empty database (not cloned from the migrated template)."""
     name = "mig_" + secrets.token_hex(6)
-    admin_dsn = _dsn(_with_db(base_db_url, "postgres"))
+    admin_dsn = pg_dsn(with_db(base_db_url, "postgres"))
     admin = await asyncpg.connect(admin_dsn)
     try:
         await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE template0')
     finally:
         await admin.close()
-    engine = create_async_engine(_with_db(base_db_url, name), poolclass=NullPool)
+    engine = create_async_engine(with_db(base_db_url, name), poolclass=NullPool)
     try:
         yield engine
     finally:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+from collections.abc import Iterator
 
 import aio_pika
 
@@ -24,15 +26,22 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     command(p, retry)
 
 
-async def inspect(args: argparse.Namespace, settings: Settings) -> int:
+@contextlib.contextmanager
+def _exit_codes() -> Iterator[None]:
+    """A queue name that is not ours is bad input; a missing queue or broker is a failure."""
     try:
-        letters = await deadletter.inspect(settings, args.queue, args.limit)
+        yield
     except deadletter.UnknownQueue as exc:
         raise UsageError(str(exc)) from None
     except deadletter.MissingQueue as exc:
         raise CommandError(str(exc)) from None
     except (ConnectionError, aio_pika.exceptions.AMQPError) as exc:
         raise CommandError(f"broker unavailable: {type(exc).__name__}: {exc}") from None
+
+
+async def inspect(args: argparse.Namespace, settings: Settings) -> int:
+    with _exit_codes():
+        letters = await deadletter.inspect(settings, args.queue, args.limit)
     if args.json:
         emit_json([d.as_dict() for d in letters])
         return 0
@@ -46,14 +55,8 @@ async def inspect(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def retry(args: argparse.Namespace, settings: Settings) -> int:
-    try:
+    with _exit_codes():
         counts = await deadletter.retry(settings, args.queue)
-    except deadletter.UnknownQueue as exc:
-        raise UsageError(str(exc)) from None
-    except deadletter.MissingQueue as exc:
-        raise CommandError(str(exc)) from None
-    except (ConnectionError, aio_pika.exceptions.AMQPError) as exc:
-        raise CommandError(f"broker unavailable: {type(exc).__name__}: {exc}") from None
     if args.json:
         emit_json({"retried": counts})
     else:
