@@ -29,6 +29,7 @@ from aio_pika.abc import (
 from aiormq.abc import DeliveredMessage
 
 from dispatcher import dlq_depth, metrics
+from dispatcher.db.errors import DbProblem
 from dispatcher.logs import log_context
 from dispatcher.processor import RETRIES_HEADER, Decision, Delivery, Processor, Verdict
 from dispatcher.settings import Settings, redact_url
@@ -50,7 +51,7 @@ _BROKER_ERRORS = (OSError, TimeoutError, aio_pika.exceptions.AMQPError)
 class ConsumerState:
     broker_connected: bool = False
     consuming: bool = False
-    database_ok: bool = True
+    db_problem: DbProblem | None = None  # why the batch in hand is held, if it is
     reconnects: int = 0
     on_consuming: list[Callable[[], None]] = field(default_factory=list)
 

@@ -12,9 +12,10 @@ from collections.abc import Callable
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from dispatcher import metrics, migrate
 from dispatcher.consumer import Consumer, ConsumerState
 from dispatcher.db.engine import engine_scope
-from dispatcher.db.errors import is_transient
+from dispatcher.db.errors import DbProblem, is_transient
 from dispatcher.db.store import EventStore
 from dispatcher.health import HealthServer
 from dispatcher.messages import Message
@@ -89,6 +90,8 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> int:
                     "database": await database_answers(engine),
                     "broker": state.broker_connected,
                     "consuming": state.consuming,
+                    # a held batch on a wrong schema is not waited out by itself
+                    "schema": state.db_problem is not DbProblem.SCHEMA,
                 }
 
             await stack.enter_async_context(HealthServer(settings.http_listen, readiness))
@@ -96,15 +99,16 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> int:
             notifier.status("connecting to the database")
             if not await _wait_for_database(engine, stop, notifier):
                 return 0
+            # before the topology and the first delivery: on a schema this code does not know,
+            # every valid event would become a dead letter
+            await migrate.require_head(engine)
 
-            def on_db_state(ok: bool) -> None:
-                if state.database_ok != ok:
-                    notifier.status("consuming" if ok else "database unavailable, retrying")
-                    if not ok:
-                        from dispatcher import metrics
-
+            def on_db_state(problem: DbProblem | None) -> None:
+                if state.db_problem != problem:
+                    notifier.status(f"{problem.value}, retrying" if problem else "consuming")
+                    if problem is DbProblem.UNREACHABLE:
                         metrics.DB_RECONNECTS.inc()
-                state.database_ok = ok
+                state.db_problem = problem
 
             processor = Processor(
                 EventStore(engine, settings.prefix),

@@ -2,8 +2,9 @@
 
 No AMQP types here: the consumer hands in bodies and headers and carries out the decisions
 (ack, dead-letter with a reason, re-queue for another attempt). The database work goes
-through an ``EventStore``; while the database is unreachable the batch is retried with
-back-off, never dead-lettered, so nothing is lost and nothing is taken off the queues.
+through an ``EventStore``; while the database is unreachable, or its schema is not the one
+this code knows (undefined table or column), the batch is held and retried with back-off,
+never dead-lettered, so nothing is lost and nothing is taken off the queues.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Protocol
 
-from dispatcher.db.errors import is_transient
+from dispatcher.db.errors import DbProblem, db_problem
 from dispatcher.db.store import Incoming, Outcome, Result
 from dispatcher.messages import InvalidMessage, Message, parse
 from dispatcher.topology import QueueSpec
@@ -58,7 +59,7 @@ class Processor:
         *,
         max_retries: int,
         retry_max_delay: float,
-        on_db_state: Callable[[bool], None] = lambda ok: None,
+        on_db_state: Callable[[DbProblem | None], None] = lambda problem: None,
         fault: Callable[[Message], None] | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
@@ -108,7 +109,7 @@ class Processor:
         try:
             results = await self._apply_with_db_retry([inc for _, inc in part])
         except Exception as exc:
-            if is_transient(exc):
+            if db_problem(exc) is not None:
                 raise
             if len(part) == 1:
                 i, inc = part[0]
@@ -139,14 +140,21 @@ class Processor:
                         self._fault(inc.msg)
                 results = await self._store.apply(items)
             except Exception as exc:
-                if not is_transient(exc):
+                problem = db_problem(exc)
+                if problem is None:
                     raise
-                self._on_db_state(False)
-                log.warning("database unavailable (%s); retrying in %.1f s", _short(exc), delay)
+                self._on_db_state(problem)
+                log.warning(
+                    "%s (%s); holding %d messages, retrying in %.1f s",
+                    problem.value,
+                    _short(exc),
+                    len(items),
+                    delay,
+                )
                 await self._sleep(delay)
                 delay = min(delay * 2, self._retry_max_delay)
                 continue
-            self._on_db_state(True)
+            self._on_db_state(None)
             return results
 
 

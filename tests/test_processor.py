@@ -11,8 +11,11 @@ import json
 import math
 from collections.abc import Sequence
 
+import asyncpg
 import pytest
+from sqlalchemy import exc as sa_exc
 
+from dispatcher.db.errors import DbProblem
 from dispatcher.db.store import Incoming, Outcome, Result
 from dispatcher.processor import RETRIES_HEADER, Delivery, Processor, Verdict
 from dispatcher.topology import queues
@@ -87,3 +90,32 @@ async def test_a_healthy_batch_is_one_transaction() -> None:
     decisions = await proc.handle(deliveries(100))
     assert [d.verdict for d in decisions] == [Verdict.APPLIED] * 100
     assert store.calls == 1
+
+
+class SchemaGoneStore(PoisonStore):
+    """Raises what SQLAlchemy raises on a missing table for the first ``broken`` batches."""
+
+    def __init__(self, broken: int) -> None:
+        super().__init__(set())
+        self.broken = broken
+
+    async def apply(self, items: Sequence[Incoming]) -> list[Result]:
+        if self.broken:
+            self.broken -= 1
+            self.calls += 1
+            orig = asyncpg.exceptions.UndefinedTableError('relation "vm_events" does not exist')
+            raise sa_exc.ProgrammingError("INSERT INTO vm_events ...", None, orig)
+        return await super().apply(items)
+
+
+async def test_a_schema_error_holds_the_batch_instead_of_dead_lettering_it() -> None:
+    """Even a message past its retries: an undefined table is not the message's fault."""
+    store = SchemaGoneStore(broken=7)
+    states: list[DbProblem | None] = []
+    proc = Processor(
+        store, max_retries=0, retry_max_delay=0.01, on_db_state=states.append, sleep=no_sleep
+    )
+    decisions = await proc.handle(deliveries(10, retries=5))
+    assert [d.verdict for d in decisions] == [Verdict.APPLIED] * 10
+    assert store.calls == 8  # the whole batch, held and retried; never split
+    assert states == [DbProblem.SCHEMA] * 7 + [None]

@@ -11,8 +11,9 @@ from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
+from dispatcher import migrate as migrations
 from dispatcher.db.engine import engine_scope
 from dispatcher.settings import Settings
 
@@ -49,9 +50,21 @@ def command(
 
 
 @asynccontextmanager
+async def database(settings: Settings, *, pool_size: int = 1) -> AsyncIterator[AsyncEngine]:
+    """An engine on a database whose schema is this code's; else the command fails with
+    the one line that says which revision it is and what to run."""
+    async with engine_scope(settings, pool_size=pool_size) as engine:
+        try:
+            await migrations.require_head(engine)
+        except migrations.SchemaMismatch as exc:
+            raise CommandError(str(exc)) from None
+        yield engine
+
+
+@asynccontextmanager
 async def session_scope(settings: Settings) -> AsyncIterator[AsyncSession]:
     async with (
-        engine_scope(settings, pool_size=1) as engine,
+        database(settings) as engine,
         AsyncSession(engine, expire_on_commit=False) as session,
     ):
         yield session

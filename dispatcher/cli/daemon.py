@@ -8,7 +8,14 @@ from pathlib import Path
 
 from dispatcher import daemon as daemon_main
 from dispatcher import migrate as migrations
-from dispatcher.cli.common import CommandError, UsageError, command, emit_json, emit_object
+from dispatcher.cli.common import (
+    CommandError,
+    UsageError,
+    command,
+    database,
+    emit_json,
+    emit_object,
+)
 from dispatcher.db.engine import engine_scope
 from dispatcher.health import healthcheck_main
 from dispatcher.settings import Settings
@@ -49,6 +56,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 async def migrate(args: argparse.Namespace, settings: Settings) -> int:
     async with engine_scope(settings, pool_size=1) as engine:
+        if migrations.is_newer(found := await migrations.current(engine)):
+            # alembic would only say it cannot locate the revision
+            raise CommandError(str(migrations.mismatch(found)))
         await migrations.upgrade(engine)
         rev = await migrations.current(engine)
     emit_json({"revision": rev}) if args.json else print(f"database at revision {rev}")
@@ -58,7 +68,7 @@ async def migrate(args: argparse.Namespace, settings: Settings) -> int:
 async def run(args: argparse.Namespace, settings: Settings) -> int:
     try:
         return await daemon_main.run(settings)
-    except TopologyError as exc:
+    except (TopologyError, migrations.SchemaMismatch) as exc:
         raise CommandError(str(exc)) from None
 
 
@@ -67,7 +77,7 @@ async def simulate(args: argparse.Namespace, settings: Settings) -> int:
 
     if args.vms < 1 or args.rate < 0 or not 0 <= args.duplicates <= 1 or args.reorder < 0:
         raise UsageError("--vms must be ≥ 1, --rate ≥ 0, --duplicates within 0-1, --reorder ≥ 0")
-    async with engine_scope(settings, pool_size=1) as engine:
+    async with database(settings) as engine:
         summary = await simulate_stream(
             settings,
             engine,

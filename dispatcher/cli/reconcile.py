@@ -9,9 +9,8 @@ from __future__ import annotations
 import argparse
 
 from dispatcher.actions.clients import client_pool
-from dispatcher.cli.common import CommandError, command, emit_json, emit_table
+from dispatcher.cli.common import CommandError, command, database, emit_json, emit_table
 from dispatcher.cli.servers import action_errors
-from dispatcher.db.engine import engine_scope
 from dispatcher.reconcile import Report, reconcile_networks, reconcile_servers
 from dispatcher.settings import Settings
 
@@ -27,7 +26,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 async def reconcile(args: argparse.Namespace, settings: Settings) -> int:
     run = reconcile_servers if args.target == "servers" else reconcile_networks
-    async with engine_scope(settings, pool_size=2) as engine, client_pool(settings) as clients:
+    async with database(settings, pool_size=2) as engine, client_pool(settings) as clients:
         with action_errors():
             report: Report = await run(engine, clients, prefix=settings.prefix, fix=args.fix)
     if args.json:
