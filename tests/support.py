@@ -240,3 +240,59 @@ def op_status(
         "event_time": list(t),
         **extra,
     }
+
+
+class Gate:
+    """Holds the daemon in the middle of a batch, so that a fault meant for "mid-stream"
+    hits a stream in progress on any machine, however fast.
+
+    A transaction of the test's own takes an EXCLUSIVE lock on the tables every batch locks
+    first (plain reads, such as the CLI's, still pass). A daemon that takes a batch then waits
+    in it, its deliveries unacknowledged, and everything past its prefetch stays on the
+    queues. :meth:`blocked` is the daemon's own signal that it got there."""
+
+    TABLES = ("virtual_machines", "networks", "backend_networks")
+
+    def __init__(self, env: Env) -> None:
+        self._dsn = pg_dsn(env.vars["DISPATCHER_DATABASE_URL"])
+        self._conn: Any = None
+
+    async def close(self) -> Gate:
+        import asyncpg
+
+        self._conn = await asyncpg.connect(self._dsn)
+        await self._conn.execute("BEGIN")
+        await self._conn.execute(f"LOCK TABLE {', '.join(self.TABLES)} IN EXCLUSIVE MODE")
+        return self
+
+    async def waiting(self) -> int:
+        """Sessions of other processes waiting for a lock in this database."""
+        import asyncpg
+
+        conn = await asyncpg.connect(self._dsn)
+        try:
+            n = await conn.fetchval(
+                "SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database"
+                " WHERE NOT l.granted AND d.datname = current_database()"
+            )
+        finally:
+            await conn.close()
+        return int(n)
+
+    async def blocked(self, sessions: int = 1, timeout: float = 120) -> None:
+        """Poll until ``sessions`` daemons wait at the gate, each with a batch in hand."""
+
+        async def enough() -> bool:
+            return await self.waiting() >= sessions
+
+        await async_wait_until(enough, timeout, 0.05, f"{sessions} daemon(s) held at the gate")
+
+    async def open(self) -> None:
+        """Roll the lock back; a connection a fault already cut counts as open."""
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        with contextlib.suppress(Exception):  # the server may have ended it (an outage)
+            await conn.execute("ROLLBACK")
+        with contextlib.suppress(Exception):
+            await conn.close(timeout=5)

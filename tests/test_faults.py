@@ -37,7 +37,7 @@ import pytest
 from dispatcher.messages import InvalidMessage, parse
 from dispatcher.topology import queues
 from dispatcher.views import iso
-from tests.support import PYTHON, ROOT, Daemon, Env, as_postgres, wait_until
+from tests.support import PYTHON, ROOT, Daemon, Env, Gate, as_postgres, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -556,20 +556,27 @@ async def test_broker_outage(env: Env, tmp_path: Path, capsys: pytest.CaptureFix
     stream = Stream.start(env, tmp_path, vms=600, seed=202)  # the backlog, published first
     expected = stream.expected()
     tally = Tally()
-    d = start_daemons(env, 1)[0]
+    gate = await Gate(env).close()  # the broker goes while a batch is in hand
+    try:
+        d = start_daemons(env, 1)[0]
+    except BaseException:
+        await gate.open()
+        raise
     pid = d.proc.pid if d.proc else 0
     try:
-        wait_handled(tally, [d], stream.sent // 3)
+        await gate.blocked()
         tally.scrape(d)
         down_at = time.monotonic()
         try:
             service("stop-rabbitmq")
             # the daemon stays up and reports not ready while the broker is gone
             wait_until(lambda: readyz(d) == 503, 30, 0.2, "/readyz 503 without the broker")
+            await gate.open()  # the daemon may go on with whatever it still holds
             while time.monotonic() - down_at < OUTAGE:
                 alive(d)
                 await _pause(0.2)
         finally:
+            await gate.open()
             service("start-rabbitmq")
         outage = time.monotonic() - down_at
         wait_until(lambda: readyz(d) == 200, 120, 0.2, "/readyz 200 after the broker is back")
@@ -603,15 +610,22 @@ async def test_database_outage(
     stream = Stream.start(env, tmp_path, vms=600, seed=303)
     expected = stream.expected()
     tally = Tally()
-    # back-off capped at 2 s, so that catching up does not wait out a long back-off step
-    d = start_daemons(env, 1, DISPATCHER_DB_RETRY_MAX="2")[0]
+    # the database goes while a batch is in hand: its transaction is cut, so the daemon
+    # must wait the outage out with that batch (and count it)
+    gate = await Gate(env).close()
+    try:
+        # back-off capped at 2 s, so that catching up does not wait out a long back-off step
+        d = start_daemons(env, 1, DISPATCHER_DB_RETRY_MAX="2")[0]
+    except BaseException:
+        await gate.open()
+        raise
     try:
         assert readyz(d) == 200
-        wait_handled(tally, [d], stream.sent // 3)
+        await gate.blocked()
         tally.scrape(d)
         down_at = time.monotonic()
         try:
-            service("stop-postgres")
+            service("stop-postgres")  # ends the gate's session too
             wait_until(lambda: readyz(d) == 503, 30, 0.2, "/readyz 503 without the database")
             stalled = tally.scrape(d)
             while time.monotonic() - down_at < OUTAGE:
@@ -623,6 +637,7 @@ async def test_database_outage(
                 assert tally.scrape(d) == stalled
                 assert readyz(d) == 503
         finally:
+            await gate.open()
             service("start-postgres")
         outage = time.monotonic() - down_at
         wait_until(lambda: readyz(d) == 200, 120, 0.2, "/readyz 200 after the database is back")
