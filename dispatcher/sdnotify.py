@@ -167,9 +167,7 @@ async def watchdog_task(
     if interval is None or not notifier.enabled:
         yield None
         return
-    task = asyncio.create_task(
-        watchdog_loop(notifier, interval, sleep=sleep), name="sd-watchdog"
-    )
+    task = asyncio.create_task(watchdog_loop(notifier, interval, sleep=sleep), name="sd-watchdog")
     try:
         yield task
     finally:
