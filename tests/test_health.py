@@ -18,7 +18,7 @@ from dispatcher.health import (
     probe_url,
 )
 from dispatcher.metrics import MESSAGES
-from tests.support import async_wait_until
+from tests.support import until_true
 
 
 class Checks:
@@ -184,14 +184,10 @@ async def test_oversized_request_head(server: HealthServer) -> None:
 async def test_close_does_not_wait_for_idle_clients(checks: Checks) -> None:
     srv = HealthServer("127.0.0.1:0", checks, request_timeout=60)
     await srv.start()
-
-    async def _served() -> bool:
-        return srv.connections == 1
-
     _reader, writer = await asyncio.open_connection("127.0.0.1", srv.port)
     writer.write(b"GET /livez HTTP/1.1\r\n")  # never finishes its request
     await writer.drain()
-    await async_wait_until(_served, 10, 0.01, "the connection being served")
+    await until_true(lambda: srv.connections == 1, 10, what="the connection being served")
     await asyncio.wait_for(srv.close(), 2)
     assert srv.connections == 0
     writer.close()

@@ -8,13 +8,13 @@ import socket
 import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from dispatcher.sdnotify import Notifier, watchdog_interval, watchdog_loop, watchdog_task
-from tests.support import async_wait_until
+from tests.support import until_true
 
 
 def _recv(sock: socket.socket, timeout: float = 2.0) -> str:
@@ -163,17 +163,8 @@ class SteppedClock:
 
     async def sleeping(self, times: int) -> None:
         """Until the loop has gone to sleep for the ``times``-th time."""
-        await async_wait_until(
-            _coro(lambda: len(self.asked) >= times), 10, 0.005, f"sleep #{times}"
-        )
+        await until_true(lambda: len(self.asked) >= times, 10, what=f"sleep #{times}")
         assert len(self.asked) == times
-
-
-def _coro(pred: Callable[[], object]) -> Callable[[], Awaitable[object]]:
-    async def f() -> object:
-        return pred()
-
-    return f
 
 
 async def test_watchdog_loop_pings_at_half_interval(path_socket: socket.socket) -> None:
