@@ -150,6 +150,11 @@ class HealthServer:
         self._lock = asyncio.Lock()
 
     @property
+    def connections(self) -> int:
+        """Client connections being served now (an idle or slow client counts)."""
+        return len(self._clients)
+
+    @property
     def enabled(self) -> bool:
         return self.host is not None
 

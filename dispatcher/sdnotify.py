@@ -16,7 +16,7 @@ import contextlib
 import logging
 import os
 import socket
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 
 __all__ = ["Notifier", "watchdog_interval", "watchdog_loop", "watchdog_task"]
 
@@ -134,22 +134,28 @@ def watchdog_interval(env: Mapping[str, str] | None = None) -> float | None:
     return value / 1_000_000
 
 
-async def watchdog_loop(notifier: Notifier, interval: float) -> None:
+Sleep = Callable[[float], Awaitable[None]]
+
+
+async def watchdog_loop(
+    notifier: Notifier, interval: float, *, sleep: Sleep = asyncio.sleep
+) -> None:
     """Send ``WATCHDOG=1`` every ``interval / 2`` seconds until cancelled.
 
     It runs on the event loop, so if the loop is stuck the pings stop and systemd acts.
+    ``sleep`` is the loop's clock: a test steps it instead of counting real seconds.
     """
     if interval <= 0:
         raise ValueError("watchdog interval must be positive")
     period = interval / 2
     while True:
         notifier.watchdog()
-        await asyncio.sleep(period)
+        await sleep(period)
 
 
 @contextlib.asynccontextmanager
 async def watchdog_task(
-    notifier: Notifier, interval: float | None = None
+    notifier: Notifier, interval: float | None = None, *, sleep: Sleep = asyncio.sleep
 ) -> AsyncIterator[asyncio.Task[None] | None]:
     """Run :func:`watchdog_loop` for the duration of the block (for an ``AsyncExitStack``).
 
@@ -161,7 +167,7 @@ async def watchdog_task(
     if interval is None or not notifier.enabled:
         yield None
         return
-    task = asyncio.create_task(watchdog_loop(notifier, interval), name="sd-watchdog")
+    task = asyncio.create_task(watchdog_loop(notifier, interval, sleep=sleep), name="sd-watchdog")
     try:
         yield task
     finally:

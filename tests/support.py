@@ -296,3 +296,17 @@ class Gate:
             await conn.execute("ROLLBACK")
         with contextlib.suppress(Exception):
             await conn.close(timeout=5)
+
+
+async def until_true(
+    predicate: Callable[[], Any],
+    timeout: float = 30.0,
+    interval: float = 0.01,
+    what: str = "condition",
+) -> Any:
+    """:func:`async_wait_until` for a plain (not async) predicate."""
+
+    async def check() -> Any:
+        return predicate()
+
+    return await async_wait_until(check, timeout, interval, what)

@@ -15,6 +15,7 @@ import struct
 import subprocess
 import tempfile
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -718,9 +719,23 @@ def _coro(pred: Callable[[], Any]) -> Callable[[], Any]:
     return f
 
 
+MARKER = "snf-marker"
+
+
+async def marker_job(queue: Path, sink: ListSink, job_id: int) -> None:
+    """Write job ``job_id`` after changes that must publish nothing and wait for its message.
+
+    inotify reports changes in order and the worker handles jobs in the order they were
+    noticed, so once the marker is published every earlier change has been read: asserting
+    "nothing else was published" afterwards cannot pass merely because it was too early."""
+    write_job(queue, job(job_id, op("OP_INSTANCE_STARTUP", "queued", instance_name=MARKER)))
+    key = (job_id, MARKER, "queued")
+    await until(lambda: sink.keys().count(key) > 0, f"marker job {job_id}")
+
+
 async def test_watcher_publishes_each_status_once(tmp_path: Path) -> None:
     sink = ListSink()
-    async with eventd_in_process(tmp_path, sink) as service:
+    async with eventd_in_process(tmp_path, sink):
         name = "t1234abcd-5"
         queued = job(1, create_op(name, "queued"))
         write_job(tmp_path, queued)
@@ -752,10 +767,14 @@ async def test_watcher_publishes_each_status_once(tmp_path: Path) -> None:
         await until(lambda: len(sink.sent) == 3, "success")
         write_job(tmp_path, success)
         write_job(tmp_path, success, how="in place")  # IN_CLOSE_WRITE is watched too
-        await asyncio.sleep(0.3)
-        await service.settle()
-    assert sink.keys() == [(1, name, "queued"), (1, name, "running"), (1, name, "success")]
-    assert [m.routing_key for m in sink.sent] == ["ganeti.t1234abcd.event.op"] * 3
+        await marker_job(tmp_path, sink, 3)
+    assert sink.keys() == [
+        (1, name, "queued"),
+        (1, name, "running"),
+        (1, name, "success"),
+        (3, MARKER, "queued"),
+    ]
+    assert [m.routing_key for m in sink.sent[:3]] == ["ganeti.t1234abcd.event.op"] * 3
     assert sink.bodies()[2] == op_status(name, "OP_INSTANCE_CREATE", 1, "success", ts(3), "step 2")
 
 
@@ -832,9 +851,12 @@ async def test_full_publisher_defers_jobs_and_publishes_latest_state(tmp_path: P
         os.rename(tmp_path / "job-12", tmp_path / "archive" / "0" / "job-12")
         sink.open_room()
         await until(lambda: len(sink.sent) == 2, "published after room")
-        await asyncio.sleep(0.2)
-        await service.settle()
-    assert sorted(sink.keys()) == [(11, "snf-1", "running"), (12, "snf-2", "success")]
+        await marker_job(tmp_path, sink, 13)
+    assert sorted(sink.keys()) == [
+        (11, "snf-1", "running"),
+        (12, "snf-2", "success"),
+        (13, MARKER, "queued"),
+    ]
 
 
 async def test_only_the_master_publishes(tmp_path: Path) -> None:
@@ -848,9 +870,9 @@ async def test_only_the_master_publishes(tmp_path: Path) -> None:
     sink = ListSink()
     check = MasterCheck(data, ["node1.gnt.test"])
     async with eventd_in_process(queue, sink, master=check, master_poll=0.05) as service:
+        await until(lambda: service.handled >= 1, "job 20 (catch-up) looked at")
         write_job(queue, job(21, op("OP_INSTANCE_STARTUP", "queued", instance_name="snf-1")))
-        await asyncio.sleep(0.2)
-        await service.settle()
+        await until(lambda: service.handled >= 2, "job 21 looked at")
         assert sink.sent == []
         # master failover to this node: the queue is read again
         tmp = data / "ssconf_master_node.new"
@@ -864,8 +886,11 @@ async def test_queue_dir_removed_is_an_error(tmp_path: Path) -> None:
     queue = tmp_path / "queue"
     queue.mkdir()
     opts = EventdOptions(queue_dir=queue, cluster=CLUSTER)
-    task = asyncio.create_task(run_eventd(opts, sink=ListSink()))
-    await asyncio.sleep(0.2)
+    ready: asyncio.Future[EventService] = asyncio.get_running_loop().create_future()
+    task = asyncio.create_task(run_eventd(opts, sink=ListSink(), on_ready=ready.set_result))
+    # once ready it is watching, so the removal is noticed
+    await asyncio.wait({task, ready}, timeout=10, return_when=asyncio.FIRST_COMPLETED)
+    assert ready.done(), task
     queue.rmdir()
     from dispatcher.eventd.service import EventdFailed
 
@@ -899,29 +924,64 @@ async def bound_queue(amqp_url: str, *keys: str) -> AsyncIterator[aio_pika.abc.A
 
 
 async def collect(
-    queue: aio_pika.abc.AbstractQueue, n: int, timeout: float = 30, settle: float = 0.3
+    queue: aio_pika.abc.AbstractQueue, n: int, timeout: float = 30
 ) -> list[tuple[str, dict[str, Any]]]:
-    """At least ``n`` messages (then whatever else arrives within ``settle`` seconds)."""
+    """The first ``n`` messages on ``queue`` (each checked: persistent, a valid message)."""
+    return await _take(queue, lambda got, _msg: len(got) >= n, timeout)
+
+
+async def collect_until(
+    queue: aio_pika.abc.AbstractQueue,
+    last: Callable[[dict[str, Any]], bool],
+    timeout: float = 30,
+) -> list[tuple[str, dict[str, Any]]]:
+    """Messages on ``queue`` up to and including the first whose body is ``last``: for a
+    producer that sends that message after everything the test looks at."""
+    return await _take(queue, lambda got, _msg: bool(got) and last(got[-1][1]), timeout)
+
+
+async def published_before_marker(
+    amqp_url: str, queue: aio_pika.abc.AbstractQueue, routing_key: str, timeout: float = 30
+) -> list[tuple[str, dict[str, Any]]]:
+    """Every message on ``queue`` up to a marker the test publishes now with ``routing_key``.
+
+    Only for producers that are done: their messages were confirmed (so the broker holds
+    them in the queue) before the marker is sent, hence they all come before it and
+    "nothing else arrived" is checked without waiting for a quiet spell."""
+    token = uuid.uuid4().hex
+    conn = await aio_pika.connect(amqp_url, timeout=10)
+    async with conn:
+        channel = await conn.channel()
+        exchange = await channel.declare_exchange(
+            "ganeti", aio_pika.ExchangeType.TOPIC, durable=True
+        )
+        await exchange.publish(aio_pika.Message(b"marker", message_id=token), routing_key)
+    return await _take(queue, lambda _got, msg: msg.message_id == token, timeout, token)
+
+
+async def _take(
+    queue: aio_pika.abc.AbstractQueue,
+    enough: Callable[[list[tuple[str, dict[str, Any]]], aio_pika.abc.AbstractMessage], bool],
+    timeout: float,
+    marker: str | None = None,
+) -> list[tuple[str, dict[str, Any]]]:
     got: list[tuple[str, dict[str, Any]]] = []
     deadline = asyncio.get_running_loop().time() + timeout
-    quiet_until: float | None = None
     while True:
-        now = asyncio.get_running_loop().time()
-        if len(got) >= n:
-            quiet_until = quiet_until or now + settle
-            if now >= quiet_until:
-                return got
-        elif now > deadline:
-            raise AssertionError(f"only {len(got)} of {n} messages: {got}")
         msg = await queue.get(fail=False)
         if msg is None:
-            await asyncio.sleep(0.02)
+            if asyncio.get_running_loop().time() > deadline:
+                raise AssertionError(f"timed out after {len(got)} messages: {got}")
+            await asyncio.sleep(0.02)  # poll interval
             continue
         await msg.ack()
-        assert msg.delivery_mode == aio_pika.DeliveryMode.PERSISTENT
-        assert msg.content_type == "application/json"
-        parse(msg.body)
-        got.append((msg.routing_key or "", json.loads(msg.body)))
+        if marker is None or msg.message_id != marker:
+            assert msg.delivery_mode == aio_pika.DeliveryMode.PERSISTENT
+            assert msg.content_type == "application/json"
+            parse(msg.body)
+            got.append((msg.routing_key or "", json.loads(msg.body)))
+        if enough(got, msg):
+            return got
 
 
 def _msgs(prefix: str, n: int) -> list[Outgoing]:
@@ -945,7 +1005,7 @@ async def test_publisher_persistent_confirmed_and_fails_over(amqp_url: str) -> N
         pub.start()
         pub.put(_msgs(prefix, 20))
         assert await pub.drain(30)
-        got = await collect(queue, 20)
+        got = await published_before_marker(amqp_url, queue, f"ganeti.{prefix}.event.op")
     assert await pub.close(1) == 0
     assert sorted(b["jobId"] for _, b in got) == list(range(20))
     assert pub.confirmed == 20
@@ -954,16 +1014,19 @@ async def test_publisher_persistent_confirmed_and_fails_over(amqp_url: str) -> N
 async def test_publisher_close_is_not_swallowed_by_the_client_library() -> None:
     """aiormq turns a cancelled connect into a connection error: close() must still stop."""
 
+    connecting = asyncio.Event()
+
     async def connect(*_: Any, **__: Any) -> Any:
+        connecting.set()
         try:
-            await asyncio.sleep(30)
+            await asyncio.sleep(30)  # a connect that hangs until cancelled
         except asyncio.CancelledError:
             raise aio_pika.exceptions.AMQPConnectionError("cancelled") from None
 
     pub = Publisher(["amqp://unused/"], connect=connect)
     pub.start()
     pub.put(_msgs("t0", 1))
-    await asyncio.sleep(0.1)
+    await asyncio.wait_for(connecting.wait(), 10)  # close() meets the connect in progress
     assert await asyncio.wait_for(pub.close(0), 3) == 1  # the one unconfirmed message
     assert pub.task is not None and pub.task.done()
 
@@ -1015,7 +1078,18 @@ async def test_publisher_resends_after_broker_outage(amqp_url: str) -> None:
     prefix = unique_prefix()
     proxy = Proxy(5672)
     await proxy.start()
-    pub = Publisher([f"amqp://guest:guest@127.0.0.1:{proxy.port}/"], capacity=1000, max_delay=0.5)
+    refused = 0
+
+    async def connect(*args: Any, **kwargs: Any) -> Any:
+        nonlocal refused
+        try:
+            return await aio_pika.connect(*args, **kwargs)
+        except Exception:
+            refused += 1
+            raise
+
+    url = f"amqp://guest:guest@127.0.0.1:{proxy.port}/"
+    pub = Publisher([url], capacity=1000, max_delay=0.5, connect=connect)
     messages = _msgs(prefix, 300)
     try:
         async with bound_queue(amqp_url, f"ganeti.{prefix}.event.op") as queue:
@@ -1027,11 +1101,12 @@ async def test_publisher_resends_after_broker_outage(amqp_url: str) -> None:
             pub.put(messages[200:])  # published while it is down
             await async_wait_until(_coro(lambda: not pub.connected), 10, what="disconnect")
             assert pub.pending > 0
-            await asyncio.sleep(1)
+            # the outage lasts until reconnecting has failed twice (the retry loop went round)
+            await async_wait_until(_coro(lambda: refused >= 2), 30, what="two refused connects")
             await proxy.start()
             assert await pub.drain(30), f"{pub.pending} messages not confirmed"
             assert pub.reconnects >= 1
-            got = await collect(queue, 300)
+            got = await published_before_marker(amqp_url, queue, f"ganeti.{prefix}.event.op")
     finally:
         await pub.close(0)
         await proxy.stop()
@@ -1182,7 +1257,7 @@ async def test_publisher_survives_a_real_broker_restart(private_broker: PrivateB
     async with conn:
         ch = await conn.channel()
         q = await ch.declare_queue(f"{prefix}-restart", durable=True)
-        got = await collect(q, 100)
+        got = await published_before_marker(url, q, f"ganeti.{prefix}.event.op")
     assert {b["jobId"] for _, b in got} == set(range(100))
 
 
@@ -1241,11 +1316,11 @@ async def test_eventd_command_against_the_broker(
             stderr=subprocess.STDOUT,
         )
         try:
-            got = await collect(queue, 1, settle=0)
+            got = await collect(queue, 1)
             assert got[0][1] == op_status(name, "OP_INSTANCE_CREATE", 100, "queued", ts(0, 858548))
             running = job(100, create_op(name, "running", start=ts(1), exec_=ts(2)), start=ts(1))
             write_job(queue_dir, running)
-            got += await collect(queue, 1, settle=0)
+            got += await collect(queue, 1)
             (queue_dir / "job-100.new").write_text("{")  # ignored
             write_job(queue_dir, running)  # rewritten, same status: nothing
             done = job(
@@ -1268,7 +1343,11 @@ async def test_eventd_command_against_the_broker(
                     ),
                 ),
             )
-            got += await collect(queue, 2, settle=1.0)
+            # the rewrite and the stray file above publish nothing: a later job must come
+            # out right after the two messages that are due (jobs are handled in order)
+            marker = job(102, op("OP_INSTANCE_STARTUP", "success", end=ts(5), instance_name=name))
+            write_job(queue_dir, marker)
+            got += await collect_until(queue, lambda b: b["jobId"] == 102)
         finally:
             proc.send_signal(signal.SIGTERM)
             out, _ = proc.communicate(timeout=30)
@@ -1278,6 +1357,7 @@ async def test_eventd_command_against_the_broker(
             (keys[0], 100, "running"),
             (keys[0], 100, "success"),
             (keys[1], 101, "success"),
+            (keys[0], 102, "success"),
         ]
         assert got[3][1] == {
             "type": "ganeti-network-status",
@@ -1300,10 +1380,13 @@ async def test_eventd_command_against_the_broker(
             timeout=60,
         )
         assert once.returncode == 0, once.stderr
-        again = await collect(queue, 2)
+        # --once exits after the broker confirmed its messages: a marker sent now is behind
+        # all of them
+        again = await published_before_marker(amqp_url, queue, keys[0])
         assert sorted((b["jobId"], b["status"]) for _, b in again) == [
             (100, "success"),
             (101, "success"),
+            (102, "success"),
         ]
 
 
@@ -1336,8 +1419,9 @@ async def test_eventd_not_master_publishes_nothing(
         )
         assert once.returncode == 0, once.stderr
         assert "not the master" in once.stderr
-        await asyncio.sleep(0.5)
-        assert await queue.get(fail=False) is None
+        # had it published anything, --once would have waited for the confirms before exiting
+        key = f"ganeti.{prefix}.event.op"
+        assert await published_before_marker(amqp_url, queue, key) == []
 
 
 def test_eventd_usage_errors(ganeti_dirs: tuple[Path, Path], tmp_path: Path) -> None:

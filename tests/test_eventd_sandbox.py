@@ -35,7 +35,7 @@ from dispatcher.messages import STATUS_RANK
 from dispatcher.rapi import RapiClient
 from dispatcher.rapi.errors import RapiError
 from tests.support import PYTHON, ROOT, unique_prefix
-from tests.test_eventd import bound_queue, collect
+from tests.test_eventd import bound_queue, collect_until
 
 pytestmark = pytest.mark.sandbox
 
@@ -165,6 +165,10 @@ async def _an_os(sandbox: dict[str, str]) -> str:
     return str(names[0])
 
 
+def _is(body: dict[str, Any], job_id: int, status: str) -> bool:
+    return body.get("jobId") == job_id and body.get("status") == status
+
+
 def _statuses_in_order(bodies: list[dict[str, Any]]) -> list[str]:
     statuses = [b["status"] for b in bodies]
     assert len(statuses) == len(set(statuses)), f"duplicate status in one process: {statuses}"
@@ -207,16 +211,11 @@ async def test_eventd_on_the_sandbox(where: str, sandbox: dict[str, str], rapi: 
             info = await rapi.get_instance(instance)
             # eventd reads the NICs from the cluster when it sees the success: remove the
             # instance only after that (its start-up catch-up of an old queue can be slow)
-            early: list[tuple[str, dict[str, Any]]] = []
-            deadline = asyncio.get_running_loop().time() + 180
-            while not any(
-                b.get("jobId") == create and b.get("status") == "success" for _, b in early
-            ):
-                assert asyncio.get_running_loop().time() < deadline, early
-                early += await collect(queue, 1, timeout=180, settle=0.1)
+            early = await collect_until(queue, lambda b: _is(b, create, "success"), 180)
             remove = await rapi.delete_instance(instance)
             await _job_ok(rapi, remove)
-            got = early + await collect(queue, 1, timeout=60, settle=2.0)
+            # the remove's success is the last message of the test (jobs are read in order)
+            got = early + await collect_until(queue, lambda b: _is(b, remove, "success"), 60)
     finally:
         await _cleanup(rapi, instance, network)
 
@@ -326,7 +325,8 @@ async def test_progress_monitor_inside_the_os_create_script(
                     }
                 )
                 await _job_ok(rapi, create)
-            got = await collect(queue, 2, timeout=60, settle=2.0)
+            # the final 100 is the monitor's last message
+            got = await collect_until(queue, lambda b: b["rprogress"] == 100.0, 60)
     finally:
         with contextlib.suppress(RapiError, TimeoutError):
             await rapi.wait_for_job(await rapi.delete_instance(instance), timeout=180)

@@ -18,6 +18,7 @@ from dispatcher.health import (
     probe_url,
 )
 from dispatcher.metrics import MESSAGES
+from tests.support import until_true
 
 
 class Checks:
@@ -186,8 +187,9 @@ async def test_close_does_not_wait_for_idle_clients(checks: Checks) -> None:
     _reader, writer = await asyncio.open_connection("127.0.0.1", srv.port)
     writer.write(b"GET /livez HTTP/1.1\r\n")  # never finishes its request
     await writer.drain()
-    await asyncio.sleep(0.05)
+    await until_true(lambda: srv.connections == 1, 10, what="the connection being served")
     await asyncio.wait_for(srv.close(), 2)
+    assert srv.connections == 0
     writer.close()
     with pytest.raises(RuntimeError):
         await srv.start()

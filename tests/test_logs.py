@@ -113,9 +113,11 @@ async def test_context_is_per_task() -> None:
     stream = _setup("json")
     log = logging.getLogger("x")
 
+    both_inside = asyncio.Barrier(2)
+
     async def handle(instance: str) -> None:
         with log_context(instance=instance):
-            await asyncio.sleep(0.01)
+            await both_inside.wait()  # each logs while the other's context is open too
             log.info("handled")
 
     await asyncio.gather(handle("snf-1"), handle("snf-2"))

@@ -19,8 +19,8 @@ import pytest
 from dispatcher.eventd.progress_monitor import _Sampler, monitor, progress_message, read_io
 from dispatcher.eventd.publisher import Outgoing
 from dispatcher.messages import CreateProgress, parse
-from tests.support import PYTHON, ROOT, free_port, unique_prefix
-from tests.test_eventd import bound_queue, collect
+from tests.support import PYTHON, ROOT, async_wait_until, free_port, unique_prefix, until_true
+from tests.test_eventd import bound_queue, collect_until, published_before_marker
 
 MIB = 1024 * 1024
 
@@ -52,11 +52,15 @@ def image(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-SLOW_READER = """
-import os, sys, time
+# Reads its file a MiB at a time; after each MiB it says so (its pid, on the "ready" FIFO)
+# and waits for the test to let it go on (a byte on the "gate" FIFO).
+GATED_READER = """
+import os, sys
 fd = os.open(sys.argv[1], os.O_RDONLY)
-while os.read(fd, 256 * 1024):
-    time.sleep(0.03)
+gate, ready = os.open(sys.argv[2], os.O_RDONLY), os.open(sys.argv[3], os.O_WRONLY)
+while os.read(fd, 1024 * 1024):
+    os.write(ready, b"%d\\n" % os.getpid())
+    os.read(gate, 1)
 """
 
 
@@ -146,22 +150,59 @@ def test_sampler_rounds_skips_repeats_and_drops_when_full(tmp_path: Path) -> Non
 # --------------------------------------------------------------------------- in process
 
 
-async def test_monitor_slow_reader_rising_then_100(image: Path) -> None:
+async def test_monitor_gated_reader_rising_then_100(image: Path, tmp_path: Path) -> None:
+    gate_path, ready_path = tmp_path / "gate", tmp_path / "ready"
+    os.mkfifo(gate_path)
+    os.mkfifo(ready_path)
+    # O_RDWR: opening a FIFO so never blocks (the loop runs the monitor meanwhile)
+    gate = os.open(gate_path, os.O_RDWR)
+    ready = os.open(ready_path, os.O_RDWR | os.O_NONBLOCK)
     sink = ListSink()
-    rc = await monitor(
-        [sys.executable, "-c", SLOW_READER, str(image)],
-        instance="t9-1",
-        read_bytes=8 * MIB,
-        interval=0.1,
-        sink=sink,
+    reader = [sys.executable, "-c", GATED_READER, str(image), str(gate_path), str(ready_path)]
+    task = asyncio.create_task(
+        monitor(reader, instance="t9-1", read_bytes=8 * MIB, interval=0.05, sink=sink)
     )
+    try:
+        for chunk in range(1, 9):
+            pid = int(await _ready_line(ready, task))
+            # the reader is blocked on the gate: its rchar stays put until the monitor has
+            # published the progress it shows
+            io = read_io(pid)
+            assert io is not None
+            expected = round(io["rchar"] * 100 / (8 * MIB), 2)
+            await until_true(
+                lambda want=expected: sink.values()[-1:] == [want],
+                what=f"the progress after MiB {chunk}",
+            )
+            os.write(gate, b"g")
+        rc = await asyncio.wait_for(task, 30)
+    finally:
+        task.cancel()
+        os.close(gate)
+        os.close(ready)
     assert rc == 0
     values = sink.values()
-    assert len(values) >= 4, values
+    assert len(values) >= 9, values  # one per MiB read, then the final 100
     assert values[:-1] == sorted(values[:-1]) and len(set(values[:-1])) == len(values) - 1
     assert values[-1] == 100.0
     for m in sink.sent:
         parse(m.body)
+
+
+async def _ready_line(fd: int, task: asyncio.Task[int]) -> bytes:
+    line = b""
+
+    async def more() -> bool:
+        nonlocal line
+        assert not task.done(), "the monitor ended early"
+        try:
+            line += os.read(fd, 64)
+        except BlockingIOError:
+            pass
+        return line.endswith(b"\n")
+
+    await async_wait_until(more, 30, 0.01, "the reader to finish a MiB")
+    return line.strip()
 
 
 async def test_monitor_exit_status_and_no_final_on_failure() -> None:
@@ -190,8 +231,9 @@ async def test_progress_monitor_dd_against_the_broker(amqp_url: str, image: Path
     prefix = unique_prefix()
     instance = f"{prefix}-7"
     async with bound_queue(amqp_url, f"ganeti.{prefix}.event.progress") as queue:
-        # dd is the direct child; its output goes to a pipe the test drains slowly, so the
-        # reads are paced (about 64 KiB per 12 ms: 1.5 s for the 8 MiB)
+        # dd is the direct child; its output goes to a pipe the test drains a MiB at a time:
+        # having taken k MiB, it waits for the progress of those k MiB before reading on
+        # (dd, blocked on the full pipe, has read at least what the test took)
         proc = await asyncio.create_subprocess_exec(
             *_monitor_cmd(instance, 8 * MIB, "dd", f"if={image}", "bs=64k", "status=none"),
             env=_env(amqp_url),
@@ -200,21 +242,24 @@ async def test_progress_monitor_dd_against_the_broker(amqp_url: str, image: Path
             stderr=subprocess.PIPE,
         )
         assert proc.stdout is not None
-        copied = 0
+        copied, mib = 0, 1
+        got: list[tuple[str, dict[str, Any]]] = []
         while chunk := await proc.stdout.read(64 * 1024):
             copied += len(chunk)
-            await asyncio.sleep(0.012)
+            if mib < 8 and copied >= mib * MIB:
+                got += await collect_until(queue, lambda b, k=mib: b["rprogress"] >= 12.5 * k)
+                mib += 1
         _, err = await proc.communicate()
         assert proc.returncode == 0, err.decode()
         assert copied == 8 * MIB  # the wrapped command's output is untouched
-        got = await collect(queue, 1, settle=1.0)
+        got += await collect_until(queue, lambda b: b["rprogress"] == 100.0)  # the last one
     bodies: list[dict[str, Any]] = [b for _, b in got]
     assert {b["type"] for b in bodies} == {"ganeti-create-progress"}
     assert {b["instance"] for b in bodies} == {instance}
     values = [b["rprogress"] for b in bodies]
     assert values[-1] == 100.0
     rising = values[:-1]
-    assert len(rising) >= 3, values
+    assert len(set(rising)) >= 7, values  # at least one per MiB the test let through
     assert rising == sorted(rising) and 0 < rising[0] < 100, values
     times = [tuple(b["event_time"]) for b in bodies]
     assert times == sorted(times)
@@ -233,8 +278,10 @@ async def test_failing_command_exit_status_and_no_final(amqp_url: str) -> None:
                 timeout=60,
             )
             assert run.returncode == want, run.stderr
-        await asyncio.sleep(0.5)
-        assert await queue.get(fail=False) is None  # no final 100 (and nothing read)
+        # no final 100 (and nothing read): a monitor waits for its confirms before exiting,
+        # so anything it sent would be queued before this marker
+        key = f"ganeti.{prefix}.event.progress"
+        assert await published_before_marker(amqp_url, queue, key) == []
 
 
 def test_broker_down_never_fails_the_command(tmp_path: Path) -> None:

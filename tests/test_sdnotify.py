@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from dispatcher.sdnotify import Notifier, watchdog_interval, watchdog_loop, watchdog_task
+from tests.support import until_true
 
 
 def _recv(sock: socket.socket, timeout: float = 2.0) -> str:
@@ -143,27 +144,56 @@ def test_watchdog_interval_reads_environ(monkeypatch: pytest.MonkeyPatch) -> Non
     assert watchdog_interval() == 2.0
 
 
+class SteppedClock:
+    """The watchdog loop's ``sleep``: it records each delay asked for and returns only when
+    the test calls :meth:`step`, so the tests count steps, not real seconds."""
+
+    def __init__(self) -> None:
+        self.asked: list[float] = []
+        self._due: asyncio.Future[None] | None = None
+
+    async def __call__(self, delay: float) -> None:
+        self.asked.append(delay)
+        self._due = asyncio.get_running_loop().create_future()
+        await self._due
+
+    def step(self) -> None:
+        assert self._due is not None and not self._due.done(), "the loop is not sleeping"
+        self._due.set_result(None)
+
+    async def sleeping(self, times: int) -> None:
+        """Until the loop has gone to sleep for the ``times``-th time."""
+        await until_true(lambda: len(self.asked) >= times, 10, what=f"sleep #{times}")
+        assert len(self.asked) == times
+
+
 async def test_watchdog_loop_pings_at_half_interval(path_socket: socket.socket) -> None:
+    clock = SteppedClock()
     with Notifier() as n:
-        task = asyncio.create_task(watchdog_loop(n, 0.2))
-        await asyncio.sleep(0.45)
+        task = asyncio.create_task(watchdog_loop(n, 0.2, sleep=clock))
+        for i in range(1, 6):
+            await clock.sleeping(i)
+            # a datagram is queued on the receiving socket by the sendto itself
+            assert _drain(path_socket) == ["WATCHDOG=1"]  # one ping per period, no more
+            clock.step()
+        await clock.sleeping(6)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-    pings = _drain(path_socket)
-    assert set(pings) == {"WATCHDOG=1"}
-    # t = 0, 0.1, 0.2, 0.3, 0.4 -> 5 pings (allow scheduling slack)
-    assert 3 <= len(pings) <= 6
+    assert _drain(path_socket) == ["WATCHDOG=1"]
+    assert clock.asked == [0.1] * 6  # half the interval each time
 
 
 async def test_stuck_loop_stops_the_pings(path_socket: socket.socket) -> None:
+    clock = SteppedClock()
     with Notifier() as n:
-        task = asyncio.create_task(watchdog_loop(n, 0.1))
-        await asyncio.sleep(0.01)
+        task = asyncio.create_task(watchdog_loop(n, 0.1, sleep=clock))
+        await clock.sleeping(1)
         assert _drain(path_socket) == ["WATCHDOG=1"]
-        time.sleep(0.4)
+        clock.step()  # the next ping is due ...
+        time.sleep(0.05)  # ... but the loop is stuck in a blocking call (the fault itself)
         assert _drain(path_socket) == []
-        await asyncio.sleep(0.02)  # the loop runs again: the overdue ping goes out
+        await clock.sleeping(2)  # the loop runs again: the overdue ping goes out
         assert _drain(path_socket) == ["WATCHDOG=1"]
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
@@ -184,14 +214,18 @@ async def test_watchdog_task_runs_only_under_a_watchdog(
 
         monkeypatch.setenv("WATCHDOG_USEC", "100000")
         monkeypatch.delenv("WATCHDOG_PID", raising=False)
-        async with watchdog_task(n) as task:
+        clock = SteppedClock()
+        async with watchdog_task(n, sleep=clock) as task:
             assert task is not None
-            await asyncio.sleep(0.12)
+            await clock.sleeping(1)
+            clock.step()
+            await clock.sleeping(2)
         assert task.cancelled()
-        pings = _drain(path_socket)
-        assert pings and set(pings) == {"WATCHDOG=1"}
-        await asyncio.sleep(0.1)
-        assert _drain(path_socket) == []  # stopped with the block
+        assert clock.asked == [0.05, 0.05]  # WATCHDOG_USEC / 2
+        assert _drain(path_socket) == ["WATCHDOG=1", "WATCHDOG=1"]
+        # stopped with the block: a later datagram is the next thing the socket gets
+        n.status("after the block")
+        assert _recv(path_socket) == "STATUS=after the block"
 
     async with watchdog_task(Notifier(env={}), 1.0) as task:
         assert task is None  # nothing to notify

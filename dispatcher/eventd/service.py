@@ -196,6 +196,9 @@ class EventService:
         self.watch_lost = asyncio.Event()
         self.watching = False
         self.queued = 0  # messages handed to the sink
+        # job changes dealt with (published, nothing new, unreadable, or not the master):
+        # what a caller waits on to know a change it made to the directory has been seen
+        self.handled = 0
 
     # -- inputs (called on the loop; never block) ---------------------------------------
 
@@ -258,7 +261,9 @@ class EventService:
                 except Exception:  # a bug must not stop the producer; the next change retries
                     log.exception("failed to handle job %d", job_id)
                     done = True
-                if not done:
+                if done:
+                    self.handled += 1
+                else:
                     self._dirty[job_id] = None
                     self._start_deferring()
                     self._idle.set()  # nothing more can happen until there is room
