@@ -198,7 +198,7 @@ async def _simulate(
     engine: AsyncEngine, prefix: str, finding: Finding, bodies: list[bytes]
 ) -> None:
     # the store keeps its connection between batches: give it back after this one
-    store = EventStore(engine, prefix)
+    store = EventStore(engine, prefix, from_eventd=False)
     try:
         results = await store.apply([Incoming.of(parse(b)) for b in bodies])
     except Exception as exc:  # noqa: BLE001 - reported per finding, the run goes on

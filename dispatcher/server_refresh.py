@@ -140,7 +140,7 @@ async def set_state(
     }
     if backend is not None:
         body["cluster"] = backend.clustername
-    store = EventStore(engine, prefix)
+    store = EventStore(engine, prefix, from_eventd=False)
     try:
         (result,) = await store.apply([Incoming.of(parse(json.dumps(body).encode()))])
     finally:

@@ -148,6 +148,8 @@ def backend_view(b: Backend) -> dict[str, Any]:
         "pinst_cnt": b.pinst_cnt,
         "ctotal": b.ctotal,
         "tls": "insecure" if b.insecure else ("pinned" if b.ca_pem else "system"),
+        "last_heartbeat": iso(b.last_heartbeat),
+        "last_event": iso(b.last_event),
         "created": iso(b.created),
         "updated": iso(b.updated),
     }
