@@ -13,6 +13,7 @@ from typing import Any
 
 from dispatcher.db.engine import engine_scope
 from dispatcher.simulate import create_world, publish
+from dispatcher.top.snapshot import DaemonMetrics, Rates, Snapshot, parse_metrics, rates
 from dispatcher.topology import routing_key_for
 from tests.support import PYTHON, ROOT, Env, daemon, op_status, wait_until
 
@@ -128,3 +129,25 @@ async def test_once_is_a_plain_table_with_banners(env: Env) -> None:
     )  # fmt: skip
     assert plain.returncode == 0 and "servers: BUILD 1" in plain.stdout
     assert "DAEMON NOT REACHABLE: no metrics listener" in plain.stdout
+
+
+def test_rates_between_two_samples() -> None:
+    text = (
+        'dispatcher_messages_total{queue="op",outcome="applied"} 90\n'
+        'dispatcher_messages_total{queue="op",outcome="duplicate"} 10\n'
+        "dispatcher_event_lag_seconds_sum 30\n"
+        "dispatcher_event_lag_seconds_count 60\n"
+        'dispatcher_dead_letter_messages{queue="p-events-op"} 3\n'
+    )
+    first = parse_metrics(text)
+    assert (first.messages, first.dead_letters) == (100, {"p-events-op": 3})
+    before = Snapshot(taken=10.0, daemon=first)
+    after = Snapshot(
+        taken=12.0, daemon=DaemonMetrics(messages=150, lag_sum=40, lag_count=80, dead_letters={})
+    )
+    assert rates(before, after) == Rates(25.0, 0.5)  # 50 messages in 2 s, 10 s over 20
+    assert rates(None, after) == Rates(None, None)
+    restarted = Snapshot(taken=14.0, daemon=DaemonMetrics(5, 0, 0, {}))
+    assert rates(after, restarted) == Rates(None, None)  # counters went back to zero
+    idle = Snapshot(taken=14.0, daemon=after.daemon)
+    assert rates(after, idle) == Rates(0.0, None)
