@@ -15,7 +15,7 @@ import contextlib
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -25,15 +25,26 @@ from aio_pika.abc import (
     AbstractChannel,
     AbstractConnection,
     AbstractExchange,
+    AbstractIncomingMessage,
 )
 from aiormq.abc import DeliveredMessage
 
 from dispatcher import dlq_depth, metrics
 from dispatcher.db.errors import DbProblem
+from dispatcher.heartbeat import Heartbeat, parse_heartbeat
 from dispatcher.logs import log_context
+from dispatcher.messages import InvalidMessage
 from dispatcher.processor import RETRIES_HEADER, Decision, Delivery, Processor, Verdict
 from dispatcher.settings import Settings, redact_url
-from dispatcher.topology import DL_EXCHANGE, EXCHANGE, QueueSpec, TopologyError, declare, queues
+from dispatcher.topology import (
+    DL_EXCHANGE,
+    EXCHANGE,
+    QueueSpec,
+    TopologyError,
+    declare,
+    declare_heartbeat,
+    queues,
+)
 
 log = logging.getLogger(__name__)
 
@@ -64,10 +75,12 @@ class Consumer:
         *,
         state: ConsumerState | None = None,
         connect: Callable[..., Any] = aio_pika.connect,
+        on_heartbeat: Callable[[Heartbeat], Awaitable[object]] | None = None,
     ) -> None:
         self._settings = settings
         self._processor = processor
         self._connect = connect
+        self._on_heartbeat = on_heartbeat
         self.state = state or ConsumerState()
         self._specs = queues(settings.prefix)
 
@@ -149,6 +162,8 @@ class Consumer:
             ok = await underlay.basic_consume(queue.name, on_message, no_ack=False)
             assert ok.consumer_tag is not None
             tags.append(ok.consumer_tag)
+        if self._on_heartbeat is not None:
+            await self._consume_heartbeats(conn)
         self.state.consuming = True
         metrics.CONSUMING.set(1)
         for cb in self.state.on_consuming:
@@ -182,6 +197,24 @@ class Consumer:
                     await worker
             self.state.consuming = False
             metrics.CONSUMING.set(0)
+
+    async def _consume_heartbeats(self, conn: AbstractConnection) -> None:
+        """On a channel of its own, unacknowledged: the event channel's ``multiple=True``
+        acks must cover only event deliveries, and a lost heartbeat costs nothing."""
+        assert self._on_heartbeat is not None
+        record = self._on_heartbeat
+        channel = await conn.channel(publisher_confirms=False)
+        queue = await declare_heartbeat(channel, self._settings)
+
+        async def on_heartbeat(message: AbstractIncomingMessage) -> None:
+            try:
+                await record(parse_heartbeat(message.body))
+            except InvalidMessage as exc:
+                log.warning("heartbeat dropped: %s", exc.reason)
+            except Exception as exc:  # noqa: BLE001 - the next heartbeat tries again
+                log.warning("heartbeat not recorded: %s", _short(exc))
+
+        await queue.consume(on_heartbeat, no_ack=True)
 
     async def _work(
         self,

@@ -10,12 +10,13 @@ import signal
 from collections.abc import Callable
 
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from dispatcher import metrics, migrate
 from dispatcher.consumer import Consumer, ConsumerState
 from dispatcher.db.engine import engine_scope
 from dispatcher.db.errors import DbProblem, is_transient
+from dispatcher.db.liveness import liveness, record_heartbeat
 from dispatcher.db.store import EventStore
 from dispatcher.health import HealthServer
 from dispatcher.messages import Message
@@ -24,6 +25,8 @@ from dispatcher.sdnotify import Notifier, watchdog_task
 from dispatcher.settings import Settings
 
 log = logging.getLogger(__name__)
+
+LIVENESS_SAMPLE_S = 2.0
 
 
 async def database_answers(engine: AsyncEngine, limit: float = 2.0) -> bool:
@@ -48,6 +51,32 @@ async def _wait_for_database(engine: AsyncEngine, stop: asyncio.Event, notifier:
             await asyncio.wait_for(stop.wait(), delay)
         delay = min(delay * 2, 10.0)
     return False
+
+
+async def _sample_liveness(engine: AsyncEngine, period: float) -> None:
+    """The per-cluster silence gauges, from the database (every daemon's view is the same)."""
+    while True:
+        try:
+            async with AsyncSession(engine) as s:
+                rows = [r for r in await liveness(s) if not r.offline]
+        except Exception as exc:  # noqa: BLE001 - a sample missed is not worth more
+            log.debug("cluster liveness not sampled: %s", exc)
+        else:
+            for gauge in (
+                metrics.CLUSTER_SILENT,
+                metrics.CLUSTER_LAST_HEARTBEAT,
+                metrics.CLUSTER_LAST_EVENT,
+            ):
+                gauge.clear()
+            for r in rows:
+                metrics.CLUSTER_SILENT.labels(r.clustername).set(round(r.silent_s, 3))
+                for gauge, at in (
+                    (metrics.CLUSTER_LAST_HEARTBEAT, r.last_heartbeat),
+                    (metrics.CLUSTER_LAST_EVENT, r.last_event),
+                ):
+                    if at is not None:
+                        gauge.labels(r.clustername).set(at.timestamp())
+        await asyncio.sleep(period)
 
 
 def fault_injector(settings: Settings) -> Callable[[Message], None] | None:
@@ -119,7 +148,18 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> int:
             )
             state.on_consuming.append(lambda: _ignore(notifier.ready("consuming")))
             notifier.status("connecting to the broker")
-            await Consumer(settings, processor, state=state).run(stop)
+            sampler = asyncio.create_task(_sample_liveness(engine, LIVENESS_SAMPLE_S))
+            try:
+                await Consumer(
+                    settings,
+                    processor,
+                    state=state,
+                    on_heartbeat=lambda hb: record_heartbeat(engine, hb),
+                ).run(stop)
+            finally:
+                sampler.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await sampler
             log.info("stopped")
             return 0
     finally:

@@ -62,6 +62,25 @@ DEAD_LETTER_DEPTH = Gauge(
     ["queue"],
     registry=REGISTRY,
 )
+CLUSTER_SILENT = Gauge(
+    "dispatcher_cluster_eventd_silent_seconds",
+    "Seconds since an online cluster's eventd was last heard of: a heartbeat or an applied "
+    "event (sampled)",
+    ["cluster"],
+    registry=REGISTRY,
+)
+CLUSTER_LAST_HEARTBEAT = Gauge(
+    "dispatcher_cluster_last_heartbeat_timestamp_seconds",
+    "Time of the newest heartbeat of each online cluster's eventd (sampled)",
+    ["cluster"],
+    registry=REGISTRY,
+)
+CLUSTER_LAST_EVENT = Gauge(
+    "dispatcher_cluster_last_event_timestamp_seconds",
+    "When an event about each online cluster was last applied (sampled)",
+    ["cluster"],
+    registry=REGISTRY,
+)
 RAPI_REQUESTS = Counter(
     "dispatcher_rapi_requests",
     "Ganeti RAPI requests, by operation and outcome (ok or the error type)",

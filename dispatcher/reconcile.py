@@ -198,7 +198,7 @@ async def _simulate(
     engine: AsyncEngine, prefix: str, finding: Finding, bodies: list[bytes]
 ) -> None:
     # the store keeps its connection between batches: give it back after this one
-    store = EventStore(engine, prefix)
+    store = EventStore(engine, prefix, from_eventd=False)
     try:
         results = await store.apply([Incoming.of(parse(b)) for b in bodies])
     except Exception as exc:  # noqa: BLE001 - reported per finding, the run goes on
@@ -252,6 +252,20 @@ class _Vm:
     nics: tuple[NicState, ...]
 
 
+def snapshot(vm: VirtualMachine) -> _Vm:
+    return _Vm(
+        vm.id,
+        vm.operstate,
+        vm.action,
+        vm.backendjobid,
+        vm.created.timestamp(),
+        tuple(
+            NicState(n.index, n.network_id, n.mac, n.ipv4, n.ipv6, n.firewall_profile)
+            for n in sorted(vm.nics, key=lambda n: n.index)
+        ),
+    )
+
+
 async def _build_status(client: RapiClient, vm: _Vm, now_s: float) -> tuple[str, float | None]:
     """HEAD's get_build_status: RUNNING, ERROR or FINALIZED (with the job's end time)."""
     if vm.backendjobid is None:
@@ -284,17 +298,7 @@ async def reconcile_servers(
         )
         for vm in await s.scalars(q):
             assert vm.backend_id is not None
-            vms[vm.backend_id][vm.id] = _Vm(
-                vm.id,
-                vm.operstate,
-                vm.action,
-                vm.backendjobid,
-                vm.created.timestamp(),
-                tuple(
-                    NicState(n.index, n.network_id, n.mac, n.ipv4, n.ipv6, n.firewall_profile)
-                    for n in sorted(vm.nics, key=lambda n: n.index)
-                ),
-            )
+            vms[vm.backend_id][vm.id] = snapshot(vm)
         networks = {n.id: n.public for n in await s.scalars(select(Network))}
         await s.commit()
     fetched = await over_backends(
@@ -310,6 +314,29 @@ async def reconcile_servers(
             await check.run(vms[item.backend.id], item.value)
         except ActionError as exc:
             report.errors.append((item.backend, exc.message))
+    return report
+
+
+async def reconcile_one_server(
+    engine: AsyncEngine,
+    clients: ClientPool,
+    vm: VirtualMachine,
+    backend: Backend,
+    instance: Mapping[str, Any] | None,
+    *,
+    prefix: str,
+) -> Report:
+    """Compare one server with ``instance`` (the cluster's view of it in the bulk listing's
+    shape, ``None`` when the cluster does not know it) and repair the database, by the same
+    rules and simulated events as ``reconcile servers --fix``."""
+    report = Report("servers", True, SERVER_KINDS, checked=[backend])
+    async with AsyncSession(engine) as s:
+        networks = {n.id: n.public for n in await s.scalars(select(Network))}
+    check = _ServerPass(report, engine, clients, backend, prefix, networks, _Clock())
+    try:
+        await check.server(snapshot(vm), dict(instance) if instance is not None else None)
+    except ActionError as exc:
+        report.errors.append((backend, exc.message))
     return report
 
 
@@ -380,7 +407,7 @@ class _ServerPass(_Pass):
                 f = self.add("orphans", vm_id, name, "instance with no live server", "remove it")
                 await self.repair(f, partial(self._delete, name))
             else:
-                await self._server(vm, ganeti.get(vm_id))
+                await self.server(vm, ganeti.get(vm_id))
 
     async def _delete(self, name: str) -> None:
         job = await self.client.delete_instance(name)
@@ -390,7 +417,7 @@ class _ServerPass(_Pass):
         name = instance_name(self.prefix, vm.id)
         return _op_status(name, opcode, status, self.cluster, self.clock.next())
 
-    async def _server(self, vm: _Vm, inst: dict[str, Any] | None) -> None:
+    async def server(self, vm: _Vm, inst: dict[str, Any] | None) -> None:
         name = instance_name(self.prefix, vm.id)
         if vm.operstate == "BUILD":
             status, end_s = await call(

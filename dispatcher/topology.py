@@ -9,6 +9,7 @@ import aio_pika
 import aiormq
 from aio_pika.abc import AbstractChannel, AbstractQueue
 
+from dispatcher import heartbeat
 from dispatcher.settings import QueueType, Settings
 
 EXCHANGE: Final = "ganeti"
@@ -97,6 +98,25 @@ async def declare(channel: AbstractChannel, settings: Settings) -> dict[str, Abs
             if name == spec.name:
                 live[name] = queue
     return live
+
+
+async def declare_heartbeat(channel: AbstractChannel, settings: Settings) -> AbstractQueue:
+    """The deployment's heartbeat queue (see :mod:`dispatcher.heartbeat`): bounded, since
+    only the newest heartbeat of each cluster matters."""
+    exchange = await channel.declare_exchange(EXCHANGE, aio_pika.ExchangeType.TOPIC, durable=True)
+    name = heartbeat.queue_name(settings.prefix)
+    args = _args(settings.queue_type, dead_letter=False)
+    args["x-max-length"] = heartbeat.QUEUE_MAX_LENGTH
+    args["x-message-ttl"] = heartbeat.QUEUE_MESSAGE_TTL_MS
+    try:
+        queue = await channel.declare_queue(name, durable=True, arguments=args)
+    except aiormq.exceptions.ChannelPreconditionFailed as exc:
+        raise TopologyError(
+            f"queue {name!r} already exists with other arguments ({_reason(exc)}); "
+            "remove the queue yourself (it holds only heartbeats)"
+        ) from None
+    await queue.bind(exchange, routing_key=heartbeat.ROUTING_KEY)
+    return queue
 
 
 def _reason(exc: BaseException) -> str:

@@ -12,6 +12,7 @@ from dispatcher.db.models import (
     Network,
     VirtualMachine,
     VmDiagnostic,
+    VmEvent,
 )
 from dispatcher.names import instance_name, network_name
 
@@ -63,6 +64,35 @@ def diagnostic_view(d: VmDiagnostic) -> dict[str, Any]:
         "source_date": iso(d.source_date),
         "message": d.message,
         "details": d.details,
+    }
+
+
+def _event_detail(body: dict[str, Any]) -> str | None:
+    """The one field that says most about a message besides its opcode and status."""
+    if body.get("logmsg"):
+        return str(body["logmsg"])
+    for key in ("rprogress", "progress"):
+        if key in body:
+            return f"{body[key]}%"
+    if isinstance(body.get("nics"), list):
+        return f"{len(body['nics'])} NIC(s)"
+    messages = body.get("messages")
+    if isinstance(messages, list):
+        return " ".join(str(m) for m in messages) or None
+    return str(messages) if messages else None
+
+
+def event_view(e: VmEvent) -> dict[str, Any]:
+    body = e.body
+    return {
+        "event_time": iso(e.event_time),
+        "received": iso(e.received),
+        "type": body.get("type"),
+        "operation": body.get("operation"),
+        "job_id": body.get("jobId"),
+        "status": body.get("status"),
+        "detail": _event_detail(body),
+        "body": body,
     }
 
 
@@ -118,6 +148,8 @@ def backend_view(b: Backend) -> dict[str, Any]:
         "pinst_cnt": b.pinst_cnt,
         "ctotal": b.ctotal,
         "tls": "insecure" if b.insecure else ("pinned" if b.ca_pem else "system"),
+        "last_heartbeat": iso(b.last_heartbeat),
+        "last_event": iso(b.last_event),
         "created": iso(b.created),
         "updated": iso(b.updated),
     }

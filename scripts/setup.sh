@@ -31,6 +31,16 @@ if [ ! -x "$VENV/bin/python" ]; then
     fi
 fi
 
+# tmux: the tests drive `dispatcher top` in a real terminal (send keys, capture the pane)
+if ! command -v tmux >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        apt-get update -q >/dev/null
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends tmux >/dev/null
+    else
+        echo "setup: tmux is missing (the tests of \`dispatcher top\` need it)" >&2
+    fi
+fi
+
 want=$(sha256sum pyproject.toml | cut -d' ' -f1)
 if [ "$(cat "$STAMP" 2>/dev/null)" = "$want" ] \
     && "$VENV/bin/python" -I -c 'import dispatcher, pytest' 2>/dev/null; then

@@ -114,11 +114,13 @@ async def delete_queues(amqp_url: str, prefix: str) -> None:
         return
     try:
         channel = await conn.channel()
+        names = [f"{prefix}-heartbeat"]
         for stream in ("op", "net", "network", "progress"):
-            for name in (f"{prefix}-events-{stream}", f"{prefix}-events-{stream}-dl"):
-                try:
-                    await channel.queue_delete(name)
-                except Exception:  # noqa: BLE001 - absent queue closes the channel
-                    channel = await conn.channel()
+            names += [f"{prefix}-events-{stream}", f"{prefix}-events-{stream}-dl"]
+        for name in names:
+            try:
+                await channel.queue_delete(name)
+            except Exception:  # noqa: BLE001 - absent queue closes the channel
+                channel = await conn.channel()
     finally:
         await conn.close()

@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from sqlalchemy import exc as sa_exc
 
 from dispatcher import __version__
-from dispatcher.cli import backends, daemon, eventd, flavors, networks, queues, servers
+from dispatcher.cli import backends, daemon, eventd, flavors, networks, queues, servers, top
 from dispatcher.cli import reconcile as reconcile_cli
 from dispatcher.cli.common import EXIT_FAILED, EXIT_USAGE, CommandError, UsageError
 from dispatcher.db.errors import is_transient
@@ -47,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     queues.register(sub)
     reconcile_cli.register(sub)
     eventd.register(sub)
+    top.register(sub)
     return parser
 
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from dispatcher.actions import resources
 from dispatcher.cli.common import (
@@ -18,6 +20,7 @@ from dispatcher.cli.common import (
     session_scope,
 )
 from dispatcher.cli.servers import action_scope
+from dispatcher.db.liveness import liveness
 from dispatcher.db.models import Backend, BackendNetwork, VirtualMachine
 from dispatcher.settings import Settings
 from dispatcher.views import backend_view
@@ -35,7 +38,25 @@ COLUMNS = [
     "dtotal",
     "pinst_cnt",
     "ctotal",
+    "eventd",
 ]
+
+
+async def _views(s: AsyncSession, backends: list[Backend]) -> list[dict[str, Any]]:
+    silent = {r.backend_id: r.silent_s for r in await liveness(s)}
+    rows = []
+    for b in backends:
+        doc = backend_view(b)
+        doc["eventd_silent_s"] = round(silent[b.id], 1)
+        doc["eventd"] = silence_text(silent[b.id], b)
+        rows.append(doc)
+    return rows
+
+
+def silence_text(silent_s: float, b: Backend) -> str:
+    if b.last_heartbeat is None and b.last_event is None:
+        return f"never heard ({silent_s:.0f} s)"
+    return f"silent for {silent_s:.0f} s"
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -125,14 +146,14 @@ async def get_backend(s: object, backend_id: int) -> Backend:
 
 async def list_(args: argparse.Namespace, settings: Settings) -> int:
     async with session_scope(settings) as s:
-        rows = [backend_view(b) for b in await s.scalars(select(Backend).order_by(Backend.id))]
+        rows = await _views(s, list(await s.scalars(select(Backend).order_by(Backend.id))))
     emit_json(rows) if args.json else emit_table(rows, COLUMNS)
     return 0
 
 
 async def show(args: argparse.Namespace, settings: Settings) -> int:
     async with session_scope(settings) as s:
-        doc = backend_view(await get_backend(s, args.id))
+        (doc,) = await _views(s, [await get_backend(s, args.id)])
     emit_json(doc) if args.json else emit_object(doc)
     return 0
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from dispatcher import daemon as daemon_main
@@ -15,11 +16,16 @@ from dispatcher.cli.common import (
     database,
     emit_json,
     emit_object,
+    session_scope,
 )
 from dispatcher.db.engine import engine_scope
+from dispatcher.db.liveness import liveness
 from dispatcher.health import healthcheck_main
 from dispatcher.settings import Settings
 from dispatcher.topology import TopologyError
+
+# three missed heartbeats at eventd's default interval
+DEFAULT_MAX_SILENCE = 90.0
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -45,11 +51,20 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--duplicates", type=float, default=0.15, help="share re-emitted (0-1)")
     p.add_argument("--expect", type=Path, help="write the expected final states (JSON) here")
     command(p, simulate)
-    command(
-        sub.add_parser("healthcheck", help="exit 0 if the running daemon is ready"),
-        healthcheck,
-        json_flag=False,
+    p = sub.add_parser("healthcheck", help="exit 0 if the running daemon is ready")
+    p.add_argument(
+        "--clusters",
+        action="store_true",
+        help="instead: exit 1 if an online cluster's eventd has been silent too long",
     )
+    p.add_argument(
+        "--max-silence",
+        type=float,
+        default=DEFAULT_MAX_SILENCE,
+        metavar="S",
+        help=f"seconds without a heartbeat or event (default {DEFAULT_MAX_SILENCE:.0f})",
+    )
+    command(p, healthcheck, json_flag=False)
     config = sub.add_parser("config", help="settings").add_subparsers(dest="action", required=True)
     command(config.add_parser("show", help="the effective settings, secrets masked"), config_show)
 
@@ -93,7 +108,20 @@ async def simulate(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def healthcheck(args: argparse.Namespace, settings: Settings) -> int:
-    return healthcheck_main(settings.http_listen)
+    if not args.clusters:
+        return healthcheck_main(settings.http_listen)
+    if args.max_silence <= 0:
+        raise UsageError("--max-silence must be positive")
+    async with session_scope(settings) as s:
+        rows = [r for r in await liveness(s) if not r.offline]
+    silent = [r for r in rows if r.silent_s > args.max_silence]
+    for r in silent:
+        print(
+            f"healthcheck: backend {r.backend_id} ({r.clustername}): eventd silent for "
+            f"{r.silent_s:.0f} s (limit {args.max_silence:.0f} s)",
+            file=sys.stderr,
+        )
+    return 1 if silent else 0
 
 
 async def config_show(args: argparse.Namespace, settings: Settings) -> int:

@@ -112,6 +112,8 @@ async def eventd(args: argparse.Namespace, settings: Settings) -> int:
         dedupe_jobs=cfg.dedupe_jobs,
         dedupe_ttl=cfg.dedupe_ttl,
         master_poll=cfg.master_poll,
+        heartbeat_interval=cfg.heartbeat_interval,
+        node_name=args.node_name or cfg.node_name,
         once=args.once,
         once_timeout=args.timeout,
         http_listen=settings.http_listen,

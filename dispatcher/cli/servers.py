@@ -10,6 +10,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from dispatcher import server_refresh
 from dispatcher.actions import clients as action_clients
 from dispatcher.actions import servers as actions
 from dispatcher.actions.errors import EXIT_USAGE, ActionError
@@ -17,15 +18,16 @@ from dispatcher.cli.common import (
     CommandError,
     UsageError,
     command,
+    database,
     emit_json,
     emit_object,
     emit_table,
     read_secret_file,
     session_scope,
 )
-from dispatcher.db.models import VirtualMachine, VmDiagnostic
+from dispatcher.db.models import VirtualMachine, VmDiagnostic, VmEvent
 from dispatcher.settings import Settings
-from dispatcher.views import diagnostic_view, server_view
+from dispatcher.views import diagnostic_view, event_view, server_view
 
 COLUMNS = [
     "id",
@@ -52,6 +54,19 @@ def register(
     p = server.add_parser("show", help="one server, also when deleted")
     p.add_argument("id", type=int)
     command(p, show)
+    p = server.add_parser("events", help="the server's event history, oldest first")
+    p.add_argument("id", type=int)
+    command(p, events)
+    p = server.add_parser(
+        "refresh", help="read the instance's live state from Ganeti and apply what differs"
+    )
+    p.add_argument("id", type=int)
+    command(p, refresh)
+    p = server.add_parser("set-state", help="record an administrator's state as an event")
+    p.add_argument("id", type=int)
+    p.add_argument("state", choices=sorted(server_refresh.STATE_EVENTS))
+    p.add_argument("--reason", required=True, metavar="TEXT", help="kept in the event's logmsg")
+    command(p, set_state)
     _register_actions(server)
     return server
 
@@ -164,6 +179,59 @@ async def show(args: argparse.Namespace, settings: Settings) -> int:
         )
         doc["diagnostics"] = [diagnostic_view(d) for d in diags]
     emit_json(doc) if args.json else emit_object(doc)
+    return 0
+
+
+EVENT_COLUMNS = ["event_time", "type", "operation", "job_id", "status", "detail"]
+
+
+async def events(args: argparse.Namespace, settings: Settings) -> int:
+    async with session_scope(settings) as s:
+        vm = await get_server(s, args.id)
+        # the history's own order (CONTRACT §5.2), the order in which it is folded
+        rows = [
+            event_view(e)
+            for e in await s.scalars(
+                select(VmEvent).where(VmEvent.machine_id == vm.id).order_by(VmEvent.sort_key)
+            )
+        ]
+    emit_json(rows) if args.json else emit_table(rows, EVENT_COLUMNS)
+    return 0
+
+
+async def refresh(args: argparse.Namespace, settings: Settings) -> int:
+    async with database(settings) as engine:
+        async with action_clients.client_pool(settings) as clients:
+            with action_errors():
+                report = await server_refresh.refresh_server(
+                    engine, clients, args.id, prefix=settings.prefix
+                )
+        async with session_scope(settings) as s:
+            vm = await get_server(s, args.id)
+            doc = server_view(vm, settings.prefix)
+    doc["findings"] = report.rows()
+    doc["errors"] = [e for _, e in report.errors]
+    if args.json:
+        emit_json(doc)
+    else:
+        for f in report.rows():
+            state = "fixed" if f["fixed"] else f"NOT fixed: {f['error']}"
+            print(f"{f['kind']}: {f['detail']} ({f['fix']}: {state})")
+        print(f"operstate {vm.operstate}" + (" (deleted)" if vm.deleted else ""))
+    if report.failed:
+        raise CommandError("; ".join(doc["errors"]) or "a repair failed")
+    return 0
+
+
+async def set_state(args: argparse.Namespace, settings: Settings) -> int:
+    async with database(settings) as engine:
+        with action_errors():
+            await server_refresh.set_state(
+                engine, args.id, args.state, args.reason, prefix=settings.prefix
+            )
+    async with session_scope(settings) as s:
+        doc = server_view(await get_server(s, args.id), settings.prefix)
+    emit_json(doc) if args.json else print(doc["operstate"])
     return 0
 
 

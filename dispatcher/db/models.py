@@ -71,6 +71,10 @@ class Backend(Base):
     updated: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=_now(), onupdate=_now()
     )
+    # the newest heartbeat of the cluster's eventd (its own time), and when an event about
+    # the cluster's servers or networks was last applied (the daemon's time)
+    last_heartbeat: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_event: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class Flavor(Base):

@@ -226,9 +226,11 @@ class EventStore:
     and so does disposing of the engine (for users that never call ``close``).
     """
 
-    def __init__(self, engine: AsyncEngine, prefix: str) -> None:
+    def __init__(self, engine: AsyncEngine, prefix: str, *, from_eventd: bool = True) -> None:
         self._engine = engine
         self._prefix = prefix
+        # simulated events (reconcile, set-state) say nothing about the cluster's eventd
+        self._from_eventd = from_eventd
         self._conn: AsyncConnection | None = None
         self._pg: asyncpg.Connection | None = None
         event.listen(engine.sync_engine, "engine_disposed", self._on_engine_disposed)
@@ -249,6 +251,8 @@ class EventStore:
             async with pg.transaction():
                 await _VmBatch(pg, self._prefix, items, results).run()
                 await _NetworkBatch(pg, self._prefix, items, results).run()
+                if self._from_eventd:
+                    await _touch_backends(pg, self._prefix, items, results)
         except BaseException:
             await self._drop()
             raise
@@ -280,6 +284,32 @@ class EventStore:
         if conn is not None:
             with contextlib.suppress(Exception):
                 await conn.close()
+
+
+_TOUCH_BACKENDS = """
+UPDATE backends SET last_event = now()
+WHERE (id IN (SELECT backend_id FROM virtual_machines WHERE id = ANY($1::int[]))
+       OR clustername = ANY($2::text[]))
+  AND (last_event IS NULL OR last_event < now())
+"""
+
+
+async def _touch_backends(
+    pg: asyncpg.Connection, prefix: str, items: Sequence[Incoming], results: list[Result | None]
+) -> None:
+    """Note when each cluster last had an event applied. Runs last in the transaction, after
+    every VM and network row is locked, so the lock order stays VMs, networks, backends."""
+    vm_ids: set[int] = set()
+    clusters: set[str] = set()
+    for inc, res in zip(items, results, strict=True):
+        if res is None or res.outcome is not Outcome.APPLIED:
+            continue
+        if isinstance(inc.msg, NetworkStatus):
+            clusters.add(inc.msg.cluster)
+        elif (vm_id := vm_id_from_instance(prefix, inc.msg.instance)) is not None:
+            vm_ids.add(vm_id)
+    if vm_ids or clusters:
+        await pg.execute(_TOUCH_BACKENDS, sorted(vm_ids), sorted(clusters))
 
 
 _SELECT_VMS = """

@@ -17,6 +17,7 @@ data directories, health listener, shutdown grace — come from :class:`Settings
 | ``DISPATCHER_EVENTD_BUFFER_SIZE`` | ``10000`` | messages held for the broker (then defer) |
 | ``DISPATCHER_EVENTD_DEDUPE_JOBS`` | ``10000`` | jobs remembered for deduplication (LRU) |
 | ``DISPATCHER_EVENTD_DEDUPE_TTL`` | ``3600`` | seconds a finished job stays remembered |
+| ``DISPATCHER_EVENTD_HEARTBEAT_INTERVAL`` | ``30`` | seconds between heartbeats (``0``: none) |
 """
 
 from __future__ import annotations
@@ -80,6 +81,7 @@ class EventdSettings(BaseSettings):
     buffer_size: int = Field(10_000, ge=1)
     dedupe_jobs: int = Field(10_000, ge=1)
     dedupe_ttl: float = Field(3600.0, ge=0)
+    heartbeat_interval: int = Field(30, ge=0)
 
     def rapi_password_value(self) -> str | None:
         if self.rapi_password is not None:

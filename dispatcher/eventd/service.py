@@ -66,6 +66,9 @@ from dispatcher.eventd.master import MasterCheck
 from dispatcher.eventd.nics import NicReader
 from dispatcher.eventd.publisher import Outgoing, Publisher
 from dispatcher.health import HealthServer
+from dispatcher.heartbeat import ROUTING_KEY as HEARTBEAT_KEY
+from dispatcher.heartbeat import TYPE as HEARTBEAT_TYPE
+from dispatcher.heartbeat import heartbeat_body
 from dispatcher.messages import InvalidMessage, parse
 from dispatcher.sdnotify import Notifier, watchdog_task
 
@@ -394,6 +397,8 @@ class EventdOptions:
     dedupe_jobs: int = 10_000
     dedupe_ttl: float = 3600.0
     master_poll: float = 10.0
+    heartbeat_interval: int = 0  # seconds; 0: no heartbeat (the command sets 30)
+    node_name: str | None = None
     once: bool = False
     once_timeout: float = 60.0
     http_listen: str = ""
@@ -450,8 +455,7 @@ async def run_eventd(
             tasks.append(asyncio.create_task(service.run(), name="eventd-worker"))
             if opts.once:
                 return await _once(service, publisher, opts, found, stop)
-            if opts.master is not None:
-                tasks.append(asyncio.create_task(_poll_master(service, opts.master_poll)))
+            tasks.extend(_background(service, opts))
             log.info(
                 "watching %s for cluster %s (%d job files at start)",
                 opts.queue_dir,
@@ -563,6 +567,29 @@ async def _once(
         )
     log.info("published %d messages from %d job files", service.queued, found)
     return 0
+
+
+def _background(service: EventService, opts: EventdOptions) -> list[asyncio.Task[None]]:
+    tasks = []
+    if opts.master is not None:
+        tasks.append(asyncio.create_task(_poll_master(service, opts.master_poll)))
+    if opts.heartbeat_interval > 0:
+        tasks.append(asyncio.create_task(_heartbeat(service, opts), name="heartbeat"))
+    return tasks
+
+
+async def _heartbeat(service: EventService, opts: EventdOptions) -> None:
+    """Say every ``heartbeat_interval`` seconds that this eventd is alive, while it is the
+    master's. Skipped while the publish buffer is full: a heartbeat that would only leave
+    after the backlog says nothing the events will not."""
+    node = opts.node_name or (opts.master.master if opts.master is not None else None)
+    while True:
+        if service.watching and service.check_master() and service.sink.has_room():
+            body = heartbeat_body(
+                opts.cluster, node, time.time_ns() // 1000, opts.heartbeat_interval
+            )
+            service.sink.put([Outgoing(HEARTBEAT_KEY, body, HEARTBEAT_TYPE)])
+        await asyncio.sleep(opts.heartbeat_interval)
 
 
 async def _poll_master(service: EventService, every: float) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import secrets
+import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -388,3 +389,73 @@ async def test_reconcile_without_events(cluster: Cluster) -> None:
     again = env.json("reconcile", "servers")
     assert all(again[kind] == [] for kind in (*kinds, "stale", "orphans")), again
     assert env.cli("reconcile", "networks").stdout.startswith("no differences")
+
+
+def _gnt_instance(sandbox: dict[str, str], *args: str) -> None:
+    subprocess.run(
+        ["ip", "netns", "exec", sandbox["GANETI_SANDBOX_NETNS"], "gnt-instance", *args],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+
+
+async def test_refresh_reads_the_live_state(cluster: Cluster) -> None:
+    """No eventd runs: the instance is changed with ``gnt-instance`` inside the cluster's
+    namespace, and ``server refresh`` brings the database in line through simulated events
+    in the server's history."""
+    env = cluster.env
+    _add_backend(env, cluster.sandbox)
+    flavor_id = env.cli(
+        "flavor", "create", "--cpu", "1", "--ram", "128", "--disk", "0",
+        "--disk-template", "diskless",
+    ).stdout.strip()  # fmt: skip
+    subnet = f"10.77.{100 + secrets.randbelow(140)}.0/24"
+    net = env.json("network", "create", "refresh-net", "--subnet", subnet)
+    for job in net["jobs"][0]["jobs"]["create"] + net["jobs"][0]["jobs"]["connect"]:
+        await cluster.finish(job)
+    vm = env.json("server", "create", "r", "--flavor", flavor_id, "--image", "x",
+                  "--network", str(net["id"]))  # fmt: skip
+    await cluster.finish(vm["backendjobid"])
+    instance = vm["instance"]
+    assert env.json("server", "show", str(vm["id"]))["operstate"] == "BUILD"
+
+    # without eventd the database never hears of the build, nor of this shutdown
+    _gnt_instance(cluster.sandbox, "shutdown", "--timeout=0", instance)
+    assert await cluster.ganeti_state(instance) == ("down", False)
+    doc = env.json("server", "refresh", str(vm["id"]))
+    assert doc["operstate"] == "STOPPED" and doc["backendlogmsg"] == SIM_LOGMSG
+    kinds = sorted(f["kind"] for f in doc["findings"])
+    assert kinds == ["unsynced_nics", "unsynced_operstate"] and doc["errors"] == []
+    assert all(f["fixed"] for f in doc["findings"])
+    [nic] = doc["nics"]
+    ganeti = await cluster.rapi.get_instance(instance)
+    assert (nic["network_id"], nic["ipv4"], nic["mac"]) == (
+        net["id"],
+        ganeti["nic.ips"][0],
+        ganeti["nic.macs"][0],
+    )
+    ops = [
+        (e["operation"], e["detail"])
+        for e in env.json("server", "events", str(vm["id"]))
+        if e["type"] == "ganeti-op-status"
+    ]
+    assert ops == [
+        ("OP_INSTANCE_CREATE", SIM_LOGMSG),
+        ("OP_INSTANCE_SHUTDOWN", SIM_LOGMSG),
+    ]
+    # nothing differs: nothing is applied
+    again = env.json("server", "refresh", str(vm["id"]))
+    assert again["findings"] == [] and again["operstate"] == "STOPPED"
+
+    _gnt_instance(cluster.sandbox, "startup", instance)
+    assert env.cli("server", "refresh", str(vm["id"])).stdout.splitlines()[-1] == (
+        "operstate STARTED"
+    )
+    _gnt_instance(cluster.sandbox, "remove", "-f", "--shutdown-timeout=0", instance)
+    gone = env.json("server", "refresh", str(vm["id"]))
+    assert [f["kind"] for f in gone["findings"]] == ["stale"]
+    assert gone["operstate"] == "DESTROYED" and gone["deleted"]
+    assert env.json("server", "events", str(vm["id"]))[-1]["operation"] == "OP_INSTANCE_REMOVE"
+    proc = env.cli("server", "refresh", str(vm["id"]), check=False)
+    assert proc.returncode == 1 and "is deleted" in proc.stderr

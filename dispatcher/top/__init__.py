@@ -1,0 +1,1 @@
+"""``dispatcher top``: the operator's live status screen."""
