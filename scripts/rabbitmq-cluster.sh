@@ -224,9 +224,20 @@ stop_epmd() {
     rm -f "$EPMD_PID_FILE"
 }
 
+# The nodes share the rabbitmq user's cookie (the shared broker's too); on a machine where no
+# node ever ran, three nodes booting at once would race to create it.
+ensure_cookie() {
+    local cookie=$RMQ_HOME/.erlang.cookie
+    [ -s "$cookie" ] && return 0
+    (umask 077 && od -An -N16 -tx1 /dev/urandom | tr -d ' \n' >"$cookie")
+    chown "$RMQ_USER:$RMQ_USER" "$cookie"
+    chmod 0400 "$cookie"
+}
+
 start() {
     [ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] || bash "$ROOT/scripts/services.sh" start-rabbitmq
     install -d -o "$RMQ_USER" -g "$RMQ_USER" -m 0755 "$DATA_DIR"
+    ensure_cookie
     start_epmd
     local n started=()
     for n in "${NODES[@]}"; do
