@@ -382,12 +382,14 @@ class Daemon:
     log_path: Path
 
     @classmethod
-    def start(cls, bench: Bench, db: str, log_path: Path) -> Daemon:
+    def start(
+        cls, bench: Bench, db: str, log_path: Path, extra: dict[str, str] | None = None
+    ) -> Daemon:
         port = free_port()
         with open(log_path, "wb") as out:
             proc = subprocess.Popen(
                 [PYTHON, "-m", "dispatcher", "run"],
-                env=bench.env(db, port),
+                env={**bench.env(db, port), **(extra or {})},
                 cwd=ROOT,
                 stdout=out,
                 stderr=subprocess.STDOUT,

@@ -17,6 +17,7 @@ from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from dispatcher.db.models import Backend, Flavor, Network, VirtualMachine
+from dispatcher.eventd.publisher import Outgoing, Publisher
 from dispatcher.names import instance_name
 from dispatcher.settings import Settings
 from dispatcher.simulation import (
@@ -26,7 +27,7 @@ from dispatcher.simulation import (
     expected_backend_network,
     expected_vm,
 )
-from dispatcher.topology import EXCHANGE, declare
+from dispatcher.topology import declare
 from dispatcher.views import iso
 from dispatcher.vm_state import VmContext
 
@@ -171,45 +172,57 @@ async def publish(
     *,
     window: int = 256,
 ) -> int:
-    """Publish persistently with confirms, ``window`` in flight; paced at ``rate``/s if set."""
-    conn = await aio_pika.connect(settings.amqp_urls[0], timeout=10)
+    """Publish persistently with confirms, ``window`` in flight; paced at ``rate``/s if set.
+
+    Through eventd's publisher, so a broker node lost mid-stream is failed over like eventd
+    does: to the next of the comma-separated URLs, unconfirmed messages re-sent (at least
+    once; the consumer takes the duplicates)."""
+    await _declare_topology(settings)
+    publisher = Publisher(
+        settings.amqp_urls,
+        capacity=max(len(messages), 1),
+        window=window,
+        connection_name="ganeti-dispatcher-simulate",
+    )
+    outgoing = [
+        Outgoing(key, json.dumps(body).encode(), str(body.get("type"))) for key, body in messages
+    ]
+    publisher.start()
     try:
-        channel = await conn.channel(publisher_confirms=True)
-        await declare(channel, settings)
-        exchange = await channel.get_exchange(EXCHANGE, ensure=False)
-        started = time.monotonic()
-        sent = 0
-        for start in range(0, len(messages), window):
-            chunk = messages[start : start + window]
-            if rate > 0:
-                due = started + start / rate
+        if rate > 0:
+            started = time.monotonic()
+            step = max(1, int(rate / 50))
+            for i in range(0, len(outgoing), step):
+                part = outgoing[i : i + step]
+                publisher.put(part)
+                due = started + (i + len(part)) / rate
                 if (delay := due - time.monotonic()) > 0:
                     await asyncio.sleep(delay)  # pacing the producer, not synchronising a test
-                step = max(1, int(rate / 50))
-                for i in range(0, len(chunk), step):
-                    part = chunk[i : i + step]
-                    await asyncio.gather(
-                        *(exchange.publish(_message(b), routing_key=k) for k, b in part)
-                    )
-                    due = started + (start + i + len(part)) / rate
-                    if (delay := due - time.monotonic()) > 0:
-                        await asyncio.sleep(delay)
-            else:
-                await asyncio.gather(
-                    *(exchange.publish(_message(b), routing_key=k) for k, b in chunk)
-                )
-            sent += len(chunk)
-        return sent
+        else:
+            publisher.put(outgoing)
+        if not await publisher.drain(None) and publisher.task is not None:
+            publisher.task.result()  # the publisher's fatal error (an exchange conflict)
     finally:
-        await conn.close()
+        lost = await publisher.close()
+    if lost:
+        raise RuntimeError(f"{lost} messages not confirmed by the broker")
+    return len(outgoing)
 
 
-def _message(body: dict[str, Any]) -> aio_pika.Message:
-    return aio_pika.Message(
-        body=json.dumps(body).encode(),
-        content_type="application/json",
-        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-    )
+async def _declare_topology(settings: Settings) -> None:
+    """Declare the queues on the first broker that answers (the consumers' topology, so that
+    nothing published before a daemon starts is unroutable)."""
+    error: BaseException | None = None
+    for url in settings.amqp_urls:
+        try:
+            conn = await aio_pika.connect(url, timeout=10)
+        except (OSError, TimeoutError, aio_pika.exceptions.AMQPError) as exc:
+            error = exc
+            continue
+        async with conn:
+            await declare(await conn.channel(), settings)
+        return
+    raise ConnectionError(f"no broker reachable: {error}")
 
 
 async def simulate(
