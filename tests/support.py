@@ -246,12 +246,13 @@ class Gate:
     """Holds the daemon in the middle of a batch, so that a fault meant for "mid-stream"
     hits a stream in progress on any machine, however fast.
 
-    A transaction of the test's own takes an EXCLUSIVE lock on the tables every batch locks
-    first (plain reads, such as the CLI's, still pass). A daemon that takes a batch then waits
-    in it, its deliveries unacknowledged, and everything past its prefetch stays on the
-    queues. :meth:`blocked` is the daemon's own signal that it got there."""
+    A transaction of the test's own takes an EXCLUSIVE lock on the history tables, which
+    every batch writes (even one of duplicates only); plain reads, such as the CLI's, and the
+    rows ``simulate`` creates still pass. A daemon that takes a batch then waits in it, its
+    deliveries unacknowledged, and everything past its prefetch stays on the queues.
+    :meth:`blocked` is the daemon's own signal that it got there."""
 
-    TABLES = ("virtual_machines", "networks", "backend_networks")
+    TABLES = ("vm_events", "network_events", "vm_diagnostics")
 
     def __init__(self, env: Env) -> None:
         self._dsn = pg_dsn(env.vars["DISPATCHER_DATABASE_URL"])
@@ -271,9 +272,12 @@ class Gate:
 
         conn = await asyncpg.connect(self._dsn)
         try:
+            # by session: a daemon may wait on the gate's table lock or, behind another
+            # daemon, on a row that one holds (a transaction id, in no database)
             n = await conn.fetchval(
-                "SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database"
-                " WHERE NOT l.granted AND d.datname = current_database()"
+                "SELECT count(DISTINCT l.pid) FROM pg_locks l"
+                " JOIN pg_stat_activity a ON a.pid = l.pid"
+                " WHERE NOT l.granted AND a.datname = current_database()"
             )
         finally:
             await conn.close()

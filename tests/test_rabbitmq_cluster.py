@@ -4,15 +4,14 @@ the queues stopped (``rabbitmqctl stop_app``) and started again, then another no
 with ``kill -9`` and restarted. The database must end equal to ``simulate --expect``: no
 message lost, none applied twice, no dead letter.
 
-"Mid-stream" is made, not hoped for: before each fault the test holds consumption (an
-exclusive lock on the state tables, which the daemons' batches wait for), lets the publisher
+"Mid-stream" is made, not hoped for: before each fault the test shuts the gate (an
+exclusive lock on the history tables, which every batch writes), lets the publisher
 (``dispatcher simulate``) put at least ``BACKLOG`` messages in the queues, holds the
-publisher (SIGSTOP; its connection stays open on its node), releases the lock and waits
-until the daemons' metrics show consumption has started with that remainder still queued.
-The publisher resumes in the next phase (or at the end), finds its connection gone and fails
-over to another node.
+publisher (SIGSTOP; its connection stays open on its node), waits until every daemon holds
+a batch at the gate, injects the fault, and only then opens the gate. The publisher resumes
+in the next phase (or at the end), finds its connection gone and fails over to another node.
 The consumption pause of a fault is the longest time without a handled message between the
-fault's start and the last message of the remainder handled (the publisher is held, so work
+gate opening and the last message of the remainder handled (the publisher is held, so work
 was waiting all that time), from the daemons' ``/metrics`` sampled every 50 ms.
 """
 
@@ -23,16 +22,14 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import pytest
 
 from tests.conftest import delete_queues
-from tests.support import ROOT, Daemon, Env, wait_until
+from tests.support import ROOT, Daemon, Env, Gate, wait_until
 from tests.test_faults import (
     Stream,
     Tally,
@@ -136,24 +133,6 @@ class Progress(threading.Thread):
         return max(gap, end - last_t)
 
 
-@asynccontextmanager
-async def consumption_held(env: Env) -> AsyncIterator[None]:
-    """Hold every daemon's batches: they wait for these locks before they can commit."""
-    dsn = env.vars["DISPATCHER_DATABASE_URL"].replace("postgresql+asyncpg://", "postgresql://")
-    conn = await asyncpg.connect(dsn, timeout=10)
-    try:
-        tx = conn.transaction()
-        await tx.start()
-        # writers only: the daemons' history inserts wait, the publisher's world does not
-        await conn.execute("LOCK TABLE vm_events, network_events, vm_diagnostics IN EXCLUSIVE MODE")
-        try:
-            yield
-        finally:
-            await tx.rollback()
-    finally:
-        await conn.close()
-
-
 def queued(node: int, prefix: str) -> int:
     """Messages not yet acked (ready and delivered) in the live queues, asked of ``node``."""
     out = cluster("ctl", str(node), "-q", "list_queues", "name", "messages", "--formatter", "json")
@@ -164,29 +143,31 @@ def queued(node: int, prefix: str) -> int:
     )
 
 
-async def prepare_fault(
-    probe_node: int, progress: Progress, resume: Callable[[], Stream], held: Env
-) -> int:
-    """Hold consumption, let the publisher queue BACKLOG messages, hold the publisher,
-    release consumption and wait until it has started; returns the remainder queued."""
-    async with consumption_held(held):
+async def held_fault(
+    probe_node: int, resume: Callable[[], Stream], env: Env, inject: list[str]
+) -> tuple[int, float]:
+    """The fault, injected while the daemons hold batches at the gate with at least BACKLOG
+    messages queued behind them and the publisher held: mid-stream on any machine. Returns
+    the remainder queued and the time the gate opened."""
+    gate = await Gate(env).close()
+    try:
         stream = resume()
         assert stream.proc is not None
         deadline = time.monotonic() + 120
-        probe = Env({**held.vars, "DISPATCHER_AMQP_URL": url(probe_node)}, held.database)
+        probe = Env({**env.vars, "DISPATCHER_AMQP_URL": url(probe_node)}, env.database)
         while (ready := sum((await depths(probe)).values())) < BACKLOG:
             assert stream.publishing, (
                 f"the stream ended before the fault (exit {stream.proc.returncode}, "
-                f"{ready} ready, {progress.handled()} handled): raise VMS"
+                f"{ready} ready): raise VMS"
             )
             assert time.monotonic() < deadline, "the publisher did not queue the backlog"
         stream.proc.send_signal(signal.SIGSTOP)
         assert stream.publishing, "the stream ended before the fault: raise VMS"
-        released_at = progress.handled()
-    wait_until(lambda: progress.handled() > released_at, 120, 0.02, "consumption to start")
-    remainder = sum((await depths(probe)).values())  # ready; delivered ones come on top
-    assert remainder > 0, "the backlog drained before the fault"
-    return remainder
+        await gate.blocked(sessions=len(NODES))  # every daemon has a batch in hand
+        subprocess.run(inject, check=True, capture_output=True, timeout=120)
+    finally:
+        await gate.open()
+    return ready, time.monotonic()
 
 
 def leader_counts(node: int, prefix: str) -> dict[str, int]:
@@ -240,10 +221,7 @@ async def test_three_dispatchers_survive_losing_broker_nodes(
 
         async def fault(name: str, victim: int, inject: list[str], probe_node: int) -> None:
             assert progress is not None
-            remainder = await prepare_fault(probe_node, progress, resume, env)
-            assert stream is not None and stream.proc is not None
-            start = time.monotonic()
-            subprocess.run(inject, check=True, capture_output=True, timeout=120)
+            remainder, start = await held_fault(probe_node, resume, env, inject)
             # the publisher is held: once the remainder is acked, no message is handled any more
             wait_until(lambda: queued(probe_node, env.prefix) == 0, 180, 0.2, f"drain after {name}")
             end = progress.last_increase()
