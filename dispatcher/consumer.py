@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import aio_pika
+import aiormq
 from aio_pika.abc import (
     AbstractChannel,
     AbstractConnection,
@@ -55,7 +56,14 @@ ORIG_KEY_HEADER = "x-dispatcher-original-routing-key"
 FAILED_AT_HEADER = "x-dispatcher-failed-at"
 
 _STOP = object()
-_BROKER_ERRORS = (OSError, TimeoutError, aio_pika.exceptions.AMQPError)
+# A channel that died with its connection (a broker node killed) is reported as
+# ChannelInvalidStateError, a RuntimeError, sometimes before the connection says it is closed.
+_BROKER_ERRORS = (
+    OSError,
+    TimeoutError,
+    aio_pika.exceptions.AMQPError,
+    aiormq.exceptions.ChannelInvalidStateError,
+)
 
 
 @dataclass
