@@ -16,10 +16,13 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
+
+if TYPE_CHECKING:
+    from dispatcher.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
@@ -128,10 +131,10 @@ class Env:
     def json(self, *args: str) -> Any:
         return json.loads(self.cli(*args, "--json").stdout)
 
-    def settings(self, **overrides: Any) -> Any:
+    def settings(self, **overrides: Any) -> Settings:
         from dispatcher.settings import Settings
 
-        values = {
+        values: dict[str, Any] = {
             k[len("DISPATCHER_") :].lower(): v
             for k, v in self.vars.items()
             if k.startswith("DISPATCHER_")

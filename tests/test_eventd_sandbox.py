@@ -23,7 +23,7 @@ import signal
 import socket
 import ssl
 import subprocess
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -142,11 +142,12 @@ async def _job_ok(rapi: RapiClient, job_id: int) -> dict[str, Any]:
 
 
 async def _cleanup(rapi: RapiClient, instance: str, network: str) -> None:
-    for step in (
+    steps: list[Callable[[], Awaitable[int]]] = [
         lambda: rapi.delete_instance(instance),
         lambda: rapi.disconnect_network(network, "default"),
         lambda: rapi.delete_network(network),
-    ):
+    ]
+    for step in steps:
         with contextlib.suppress(RapiError, TimeoutError):
             await rapi.wait_for_job(await step(), timeout=180)
 

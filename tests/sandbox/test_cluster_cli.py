@@ -112,10 +112,10 @@ class Cluster:
         return job
 
     def server(self, vm_id: int) -> dict[str, Any]:
-        return self.env.json("server", "show", str(vm_id))  # type: ignore[no-any-return]
+        return self.env.json("server", "show", str(vm_id))
 
     def network(self, net_id: int) -> dict[str, Any]:
-        return self.env.json("network", "show", str(net_id))  # type: ignore[no-any-return]
+        return self.env.json("network", "show", str(net_id))
 
     async def ganeti_state(self, instance: str) -> tuple[str, bool]:
         inst = await self.rapi.get_instance(instance)

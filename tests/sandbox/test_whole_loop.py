@@ -159,10 +159,10 @@ class Loop:
     builds: list[tuple[str, float, float]] = field(default_factory=list)
 
     def server(self, vm_id: int) -> dict[str, Any]:
-        return self.env.json("server", "show", str(vm_id))  # type: ignore[no-any-return]
+        return self.env.json("server", "show", str(vm_id))
 
     def network(self, net_id: int) -> dict[str, Any]:
-        return self.env.json("network", "show", str(net_id))  # type: ignore[no-any-return]
+        return self.env.json("network", "show", str(net_id))
 
     def poll(
         self,
