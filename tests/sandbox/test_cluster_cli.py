@@ -187,7 +187,7 @@ async def test_update_resources_reads_the_node(cluster: Cluster) -> None:
 
 
 # a server's whole life in real Ganeti jobs (create, NICs, stop/start, reboot, remove): ~80 s
-# on 2 cores, so 4x that rather than the global 120 s
+# on 2 cores, so 4x that rather than the global 150 s
 @pytest.mark.timeout(360)
 async def test_server_lifecycle_on_the_cluster(cluster: Cluster, tmp_path: Path) -> None:
     env, rapi, p = cluster.env, cluster.rapi, cluster.env.prefix

@@ -48,7 +48,7 @@ from tests.support import PYTHON, ROOT, Env, daemon, wait_until
 from tests.test_eventd_sandbox import _eventd_argv, _eventd_env, monitor_prefix
 
 # real Ganeti jobs end to end (eventd, dispatcher run, an image copied at 2 MiB/s): ~85 s on
-# 2 cores, so 4x that rather than the global 120 s
+# 2 cores, so 4x that rather than the global 150 s
 pytestmark = [pytest.mark.sandbox, pytest.mark.timeout(360)]
 
 JOB_BUDGET = 300.0  # seconds for a Ganeti job to end (they take 1-20 s on the sandbox)
