@@ -68,13 +68,13 @@ import httpx
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 
+from dispatcher.core.messages import InvalidMessage, NetworkStatus, OpStatus, parse
+from dispatcher.core.names import network_id_from_name, vm_id_from_instance
 from dispatcher.db.models import Backend, BackendNetwork, VirtualMachine
-from dispatcher.messages import InvalidMessage, NetworkStatus, OpStatus, parse
-from dispatcher.names import network_id_from_name, vm_id_from_instance
+from dispatcher.pipeline.topology import queues
 from dispatcher.settings import Settings
-from dispatcher.simulate import SIM_CLUSTER, World, create_world, publish
-from dispatcher.simulation import Generator
-from dispatcher.topology import queues
+from dispatcher.simulation.publish import SIM_CLUSTER, World, create_world, publish
+from dispatcher.simulation.streams import Generator
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable

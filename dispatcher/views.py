@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+from dispatcher.core.names import instance_name, network_name
 from dispatcher.db.models import (
     Backend,
     BackendNetwork,
@@ -14,7 +15,6 @@ from dispatcher.db.models import (
     VmDiagnostic,
     VmEvent,
 )
-from dispatcher.names import instance_name, network_name
 
 
 def iso(ts: datetime | None) -> str | None:

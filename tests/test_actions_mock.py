@@ -35,6 +35,7 @@ from dispatcher.actions.errors import (
     InvalidInputError,
     NotFoundError,
 )
+from dispatcher.actions.reconciliation import SIM_LOGMSG, reconcile_networks, reconcile_servers
 from dispatcher.actions.resources import sum_resources, update_resources
 from dispatcher.cli import build_parser
 from dispatcher.cli.common import CommandError, UsageError
@@ -48,7 +49,6 @@ from dispatcher.db.models import (
     VirtualMachine,
 )
 from dispatcher.rapi import RapiClient
-from dispatcher.reconcile import SIM_LOGMSG, reconcile_networks, reconcile_servers
 from tests.support import Env
 
 PASSWORD = "Vm-r00t-Pa55word-xyz"

@@ -34,8 +34,8 @@ import asyncpg
 import httpx
 import pytest
 
-from dispatcher.messages import InvalidMessage, parse
-from dispatcher.topology import queues
+from dispatcher.core.messages import InvalidMessage, parse
+from dispatcher.pipeline.topology import queues
 from dispatcher.views import iso
 from tests.support import PYTHON, ROOT, Daemon, Env, Gate, as_postgres, wait_until
 

@@ -17,8 +17,8 @@ from sqlalchemy import exc as sa_exc
 
 from dispatcher.db.errors import DbProblem
 from dispatcher.db.store import Incoming, Outcome, Result
-from dispatcher.processor import RETRIES_HEADER, Delivery, Processor, Verdict
-from dispatcher.topology import queues
+from dispatcher.pipeline.processor import RETRIES_HEADER, Delivery, Processor, Verdict
+from dispatcher.pipeline.topology import queues
 from tests.support import op_status
 
 OP_QUEUE = next(q for q in queues("snf") if q.name.endswith("-op"))

@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from sqlalchemy import exc as sa_exc
 
 from dispatcher import __version__
-from dispatcher.cli import backends, daemon, eventd, flavors, networks, queues, servers, top
+from dispatcher.cli import backends, eventd, flavors, networks, queues, servers, service, top
 from dispatcher.cli import reconcile as reconcile_cli
 from dispatcher.cli.common import EXIT_FAILED, EXIT_USAGE, CommandError, UsageError
 from dispatcher.db.errors import is_transient
@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="log to stderr at DISPATCHER_LOG_LEVEL (the daemons always do)",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    daemon.register(sub)
+    service.register(sub)
     backends.register(sub)
     flavors.register(sub)
     networks.register(sub)

@@ -10,8 +10,8 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from dispatcher import server_refresh
 from dispatcher.actions import clients as action_clients
+from dispatcher.actions import refresh as server_refresh
 from dispatcher.actions import servers as actions
 from dispatcher.actions.errors import EXIT_USAGE, ActionError
 from dispatcher.cli.common import (

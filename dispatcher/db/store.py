@@ -32,7 +32,7 @@ from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from dispatcher import metrics
-from dispatcher.messages import (
+from dispatcher.core.messages import (
     _ADAPTER,
     Message,
     NetStatus,
@@ -40,10 +40,10 @@ from dispatcher.messages import (
     OpStatus,
     VmMessage,
 )
-from dispatcher.names import network_id_from_name, vm_id_from_instance
-from dispatcher.network_state import BnState, fold_network, network_state
-from dispatcher.ordering import KIND_CODE, sort_key
-from dispatcher.vm_state import Diagnostic, NicState, VmContext, VmState, fold
+from dispatcher.core.names import network_id_from_name, vm_id_from_instance
+from dispatcher.core.network_state import BnState, fold_network, network_state
+from dispatcher.core.ordering import KIND_CODE, sort_key
+from dispatcher.core.vm_state import Diagnostic, NicState, VmContext, VmState, fold
 
 log = logging.getLogger(__name__)
 

@@ -39,8 +39,8 @@ from aio_pika.abc import AbstractConnection, AbstractExchange
 from prometheus_client import Counter, Gauge
 
 from dispatcher import metrics
+from dispatcher.pipeline.topology import EXCHANGE
 from dispatcher.settings import redact_url
-from dispatcher.topology import EXCHANGE
 
 __all__ = ["ExchangeConflict", "Outgoing", "Publisher"]
 

@@ -45,6 +45,10 @@ from typing import Protocol
 from prometheus_client import Gauge
 
 from dispatcher import metrics
+from dispatcher.core.heartbeat import ROUTING_KEY as HEARTBEAT_KEY
+from dispatcher.core.heartbeat import TYPE as HEARTBEAT_TYPE
+from dispatcher.core.heartbeat import heartbeat_body
+from dispatcher.core.messages import InvalidMessage, parse
 from dispatcher.eventd.inotify import (
     IN_CLOSE_WRITE,
     IN_DELETE,
@@ -65,12 +69,8 @@ from dispatcher.eventd.jobfile import (
 from dispatcher.eventd.master import MasterCheck
 from dispatcher.eventd.nics import NicReader
 from dispatcher.eventd.publisher import Outgoing, Publisher
-from dispatcher.health import HealthServer
-from dispatcher.heartbeat import ROUTING_KEY as HEARTBEAT_KEY
-from dispatcher.heartbeat import TYPE as HEARTBEAT_TYPE
-from dispatcher.heartbeat import heartbeat_body
-from dispatcher.messages import InvalidMessage, parse
-from dispatcher.sdnotify import Notifier, watchdog_task
+from dispatcher.runtime.health import HealthServer
+from dispatcher.runtime.sdnotify import Notifier, watchdog_task
 
 __all__ = ["Dedupe", "EventService", "EventdOptions", "Sink", "run_eventd"]
 

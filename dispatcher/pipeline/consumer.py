@@ -30,14 +30,14 @@ from aio_pika.abc import (
 )
 from aiormq.abc import DeliveredMessage
 
-from dispatcher import dlq_depth, metrics
+from dispatcher import metrics
+from dispatcher.core.heartbeat import Heartbeat, parse_heartbeat
+from dispatcher.core.messages import InvalidMessage
 from dispatcher.db.errors import DbProblem
-from dispatcher.heartbeat import Heartbeat, parse_heartbeat
 from dispatcher.logs import log_context
-from dispatcher.messages import InvalidMessage
-from dispatcher.processor import RETRIES_HEADER, Decision, Delivery, Processor, Verdict
-from dispatcher.settings import Settings, redact_url
-from dispatcher.topology import (
+from dispatcher.pipeline import dlq_depth
+from dispatcher.pipeline.processor import RETRIES_HEADER, Decision, Delivery, Processor, Verdict
+from dispatcher.pipeline.topology import (
     DL_EXCHANGE,
     EXCHANGE,
     QueueSpec,
@@ -46,6 +46,7 @@ from dispatcher.topology import (
     declare_heartbeat,
     queues,
 )
+from dispatcher.settings import Settings, redact_url
 
 log = logging.getLogger(__name__)
 

@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Protocol
 
+from dispatcher.core.messages import InvalidMessage, Message, parse
 from dispatcher.db.errors import DbProblem, db_problem
 from dispatcher.db.store import Incoming, Outcome, Result
-from dispatcher.messages import InvalidMessage, Message, parse
-from dispatcher.topology import QueueSpec
+from dispatcher.pipeline.topology import QueueSpec
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ import aio_pika
 import aiormq
 from aio_pika.abc import AbstractChannel, AbstractQueue
 
-from dispatcher import heartbeat
+from dispatcher.core import heartbeat
 from dispatcher.settings import QueueType, Settings
 
 EXCHANGE: Final = "ganeti"
@@ -101,7 +101,7 @@ async def declare(channel: AbstractChannel, settings: Settings) -> dict[str, Abs
 
 
 async def declare_heartbeat(channel: AbstractChannel, settings: Settings) -> AbstractQueue:
-    """The deployment's heartbeat queue (see :mod:`dispatcher.heartbeat`): bounded, since
+    """The deployment's heartbeat queue (see :mod:`dispatcher.core.heartbeat`): bounded, since
     only the newest heartbeat of each cluster matters."""
     exchange = await channel.declare_exchange(EXCHANGE, aio_pika.ExchangeType.TOPIC, durable=True)
     name = heartbeat.queue_name(settings.prefix)

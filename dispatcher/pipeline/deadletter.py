@@ -17,16 +17,16 @@ from aio_pika.abc import (
     AbstractQueue,
 )
 
-from dispatcher.consumer import (
+from dispatcher.pipeline.consumer import (
     ERROR_HEADER,
     FAILED_AT_HEADER,
     ORIG_EXCHANGE_HEADER,
     ORIG_KEY_HEADER,
     QUEUE_HEADER,
 )
-from dispatcher.processor import RETRIES_HEADER
+from dispatcher.pipeline.processor import RETRIES_HEADER
+from dispatcher.pipeline.topology import EXCHANGE, QueueSpec, queues
 from dispatcher.settings import Settings
-from dispatcher.topology import EXCHANGE, QueueSpec, queues
 
 DL_RETRIES_HEADER = "x-dispatcher-dl-retries"
 

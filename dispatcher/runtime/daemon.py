@@ -13,15 +13,15 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from dispatcher import metrics, migrate
-from dispatcher.consumer import Consumer, ConsumerState
+from dispatcher.core.messages import Message
 from dispatcher.db.engine import engine_scope
 from dispatcher.db.errors import DbProblem, is_transient
 from dispatcher.db.liveness import liveness, record_heartbeat
 from dispatcher.db.store import EventStore
-from dispatcher.health import HealthServer
-from dispatcher.messages import Message
-from dispatcher.processor import Processor
-from dispatcher.sdnotify import Notifier, watchdog_task
+from dispatcher.pipeline.consumer import Consumer, ConsumerState
+from dispatcher.pipeline.processor import Processor
+from dispatcher.runtime.health import HealthServer
+from dispatcher.runtime.sdnotify import Notifier, watchdog_task
 from dispatcher.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import struct
 from typing import Final
 
-from dispatcher.messages import STATUS_RANK, Message, NetworkStatus, OpStatus
+from dispatcher.core.messages import STATUS_RANK, Message, NetworkStatus, OpStatus
 
 _KEY: Final = struct.Struct(">QQBB")
 _KIND: Final = {

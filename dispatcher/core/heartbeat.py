@@ -18,7 +18,7 @@ from typing import Final, Literal
 
 from pydantic import Field, StrictInt, StrictStr, ValidationError
 
-from dispatcher.messages import EventTime, InvalidMessage, _Model
+from dispatcher.core.messages import EventTime, InvalidMessage, _Model
 
 TYPE: Final = "ganeti-eventd-heartbeat"
 ROUTING_KEY: Final = "ganeti.eventd.heartbeat"
