@@ -331,7 +331,7 @@ async def naive_apply(
 ) -> None:
     msg = parse(body)
     us = msg.event_time_us
-    from dispatcher.db.store import _ts
+    from dispatcher.core.times import datetime_from_us as _ts
 
     async with sessions() as s, s.begin():
         if isinstance(msg, NetworkStatus):

@@ -65,7 +65,8 @@ from dispatcher.core.names import (
 )
 from dispatcher.core.vm_state import NicState, VmContext, build_nics
 from dispatcher.db.models import Backend, BackendNetwork, Network, VirtualMachine
-from dispatcher.db.store import EventStore, Incoming, Outcome, refresh_network_states
+from dispatcher.db.store import EventStore, refresh_network_states
+from dispatcher.pipeline.types import Incoming, Outcome
 from dispatcher.rapi import RapiClient, RapiError, RapiNotFound
 
 SIM_LOGMSG: Final = "Reconciliation: simulated Ganeti event"

@@ -25,7 +25,8 @@ from dispatcher.actions.servers import load_server, server_backend
 from dispatcher.core.messages import parse
 from dispatcher.core.names import instance_name
 from dispatcher.db.models import Backend
-from dispatcher.db.store import EventStore, Incoming, Outcome
+from dispatcher.db.store import EventStore
+from dispatcher.pipeline.types import Incoming, Outcome
 
 ADMIN_LOGMSG: Final = "Admin set-state"
 # the state -> the opcode (and status) whose event gives it under CONTRACT §5.3; BUILD has

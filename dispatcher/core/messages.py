@@ -25,6 +25,8 @@ from pydantic import (
 )
 from pydantic_core import from_json
 
+from dispatcher.core.kinds import TYPES
+
 MAX_BODY: Final = 1024 * 1024
 
 Status = Literal["queued", "waiting", "canceling", "running", "canceled", "success", "error"]
@@ -149,17 +151,15 @@ Message = VmMessage | NetworkStatus
 
 _ADAPTER: Final[TypeAdapter[Message]] = TypeAdapter(Annotated[Message, Field(discriminator="type")])
 
-TYPES: Final = (
-    "ganeti-op-status",
-    "ganeti-net-status",
-    "ganeti-network-status",
-    "ganeti-create-progress",
-    "image-copy-progress",
-    "image-info",
-    "image-warning",
-    "image-error",
-    "image-helper",
-)
+
+def load_stored(body: str | dict[str, Any]) -> Message:
+    """A message this code validated and stored itself (a history row), read back.
+
+    The history queries read jsonb as text (``body::text``): one pass of the Rust JSON
+    validator instead of json.loads (SQLAlchemy's jsonb codec) plus validate_python."""
+    if isinstance(body, str):
+        return _ADAPTER.validate_json(body)
+    return _ADAPTER.validate_python(body)
 
 
 class InvalidMessage(ValueError):

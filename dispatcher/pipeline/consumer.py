@@ -36,7 +36,7 @@ from dispatcher.core.messages import InvalidMessage
 from dispatcher.db.errors import DbProblem
 from dispatcher.logs import log_context
 from dispatcher.pipeline import dlq_depth
-from dispatcher.pipeline.processor import RETRIES_HEADER, Decision, Delivery, Processor, Verdict
+from dispatcher.pipeline.processor import Decision, Delivery, Processor
 from dispatcher.pipeline.topology import (
     DL_EXCHANGE,
     EXCHANGE,
@@ -46,15 +46,18 @@ from dispatcher.pipeline.topology import (
     declare_heartbeat,
     queues,
 )
+from dispatcher.pipeline.types import (
+    ERROR_HEADER,
+    FAILED_AT_HEADER,
+    ORIG_EXCHANGE_HEADER,
+    ORIG_KEY_HEADER,
+    QUEUE_HEADER,
+    RETRIES_HEADER,
+    Outcome,
+)
 from dispatcher.settings import Settings, redact_url
 
 log = logging.getLogger(__name__)
-
-ERROR_HEADER = "x-dispatcher-error"
-QUEUE_HEADER = "x-dispatcher-queue"
-ORIG_EXCHANGE_HEADER = "x-dispatcher-original-exchange"
-ORIG_KEY_HEADER = "x-dispatcher-original-routing-key"
-FAILED_AT_HEADER = "x-dispatcher-failed-at"
 
 _STOP = object()
 # A channel that died with its connection (a broker node killed) is reported as
@@ -259,9 +262,9 @@ class Consumer:
         deliveries = [Delivery(spec, m.body, _headers(m)) for spec, m in batch]
         decisions = await self._processor.handle(deliveries)
         for (spec, message), decision in zip(batch, decisions, strict=True):
-            if decision.verdict is Verdict.DEAD_LETTER:
+            if decision.outcome is Outcome.DEAD_LETTER:
                 await self._dead_letter(dl_exchange, spec, message, decision.reason)
-            elif decision.verdict is Verdict.RETRY:
+            elif decision.outcome is Outcome.RETRY:
                 await self._requeue(channel, spec, message, decision.reason)
         last = batch[-1][1]
         assert last.delivery_tag is not None
@@ -283,13 +286,13 @@ class Consumer:
         debug = log.isEnabledFor(logging.DEBUG)
         info = log.isEnabledFor(logging.INFO)
         for (spec, _), d in zip(batch, decisions, strict=True):
-            counts[(spec.name, d.verdict.value)] += 1
+            counts[(spec.name, d.outcome.value)] += 1
             msg = d.message
-            if d.verdict is Verdict.APPLIED and msg is not None:
+            if d.outcome is Outcome.APPLIED and msg is not None:
                 metrics.EVENT_LAG.observe(max(0.0, now - msg.event_time_us / 1e6))
-            if d.verdict in (Verdict.DEAD_LETTER, Verdict.RETRY):
+            if d.outcome in (Outcome.DEAD_LETTER, Outcome.RETRY):
                 level = logging.WARNING
-            elif d.verdict is Verdict.IGNORED:
+            elif d.outcome is Outcome.IGNORED:
                 if not info:
                     continue
                 level = logging.INFO
@@ -297,7 +300,7 @@ class Consumer:
                 level = logging.DEBUG
             else:
                 continue
-            fields: dict[str, Any] = {"queue": spec.name, "outcome": d.verdict.value}
+            fields: dict[str, Any] = {"queue": spec.name, "outcome": d.outcome.value}
             if msg is not None:
                 fields["type"] = msg.type
                 fields["instance" if hasattr(msg, "instance") else "network"] = getattr(
@@ -307,11 +310,11 @@ class Consumer:
                     fields["job_id"] = job
             with log_context(**fields):
                 if level == logging.WARNING:
-                    log.warning("message %s: %s", d.verdict.value, d.reason)
+                    log.warning("message %s: %s", d.outcome.value, d.reason)
                 elif level == logging.INFO:
                     log.info("message ignored: %s", d.reason)
                 else:
-                    log.debug("message %s", d.verdict.value)
+                    log.debug("message %s", d.outcome.value)
         for (queue, outcome), n in counts.items():
             metrics.MESSAGES.labels(queue, outcome).inc(n)
 

@@ -17,18 +17,17 @@ from aio_pika.abc import (
     AbstractQueue,
 )
 
-from dispatcher.pipeline.consumer import (
+from dispatcher.pipeline.topology import EXCHANGE, QueueSpec, queues
+from dispatcher.pipeline.types import (
+    DL_RETRIES_HEADER,
     ERROR_HEADER,
     FAILED_AT_HEADER,
     ORIG_EXCHANGE_HEADER,
     ORIG_KEY_HEADER,
     QUEUE_HEADER,
+    RETRIES_HEADER,
 )
-from dispatcher.pipeline.processor import RETRIES_HEADER
-from dispatcher.pipeline.topology import EXCHANGE, QueueSpec, queues
 from dispatcher.settings import Settings
-
-DL_RETRIES_HEADER = "x-dispatcher-dl-retries"
 
 
 class UnknownQueue(ValueError):

@@ -13,25 +13,14 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from enum import StrEnum
 from typing import Any, Protocol
 
 from dispatcher.core.messages import InvalidMessage, Message, parse
 from dispatcher.db.errors import DbProblem, db_problem
-from dispatcher.db.store import Incoming, Outcome, Result
 from dispatcher.pipeline.topology import QueueSpec
+from dispatcher.pipeline.types import RETRIES_HEADER, Incoming, Outcome, Result
 
 log = logging.getLogger(__name__)
-
-RETRIES_HEADER = "x-dispatcher-retries"
-
-
-class Verdict(StrEnum):
-    APPLIED = "applied"
-    DUPLICATE = "duplicate"
-    IGNORED = "ignored"
-    DEAD_LETTER = "dead_lettered"
-    RETRY = "retried"
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,7 +32,7 @@ class Delivery:
 
 @dataclass(frozen=True, slots=True)
 class Decision:
-    verdict: Verdict
+    outcome: Outcome
     reason: str = ""
     message: Message | None = None
 
@@ -83,11 +72,11 @@ class Processor:
             try:
                 msg = parse(d.body)
             except InvalidMessage as exc:
-                decisions[i] = Decision(Verdict.DEAD_LETTER, exc.reason)
+                decisions[i] = Decision(Outcome.DEAD_LETTER, exc.reason)
                 continue
             if msg.type not in d.queue.accepts:
                 reason = f"type {msg.type!r} is not accepted on queue {d.queue.name}"
-                decisions[i] = Decision(Verdict.DEAD_LETTER, reason, msg)
+                decisions[i] = Decision(Outcome.DEAD_LETTER, reason, msg)
                 continue
             valid.append((i, Incoming.of(msg)))
         if valid:
@@ -128,8 +117,8 @@ class Processor:
         reason = f"processing failed: {type(exc).__name__}: {exc}"[:500]
         log.error("message failed (attempt %d): %s", tries + 1, reason)
         if tries < self._max_retries:
-            return Decision(Verdict.RETRY, reason, inc.msg)
-        return Decision(Verdict.DEAD_LETTER, f"{reason} (after {tries + 1} attempts)", inc.msg)
+            return Decision(Outcome.RETRY, reason, inc.msg)
+        return Decision(Outcome.DEAD_LETTER, f"{reason} (after {tries + 1} attempts)", inc.msg)
 
     async def _apply_with_db_retry(self, items: list[Incoming]) -> list[Result]:
         delay = 0.1
@@ -159,12 +148,7 @@ class Processor:
 
 
 def _decision(res: Result, msg: Message) -> Decision:
-    verdict = {
-        Outcome.APPLIED: Verdict.APPLIED,
-        Outcome.DUPLICATE: Verdict.DUPLICATE,
-        Outcome.IGNORED: Verdict.IGNORED,
-    }[res.outcome]
-    return Decision(verdict, res.reason, msg)
+    return Decision(res.outcome, res.reason, msg)
 
 
 def _retries(headers: Mapping[str, Any]) -> int:

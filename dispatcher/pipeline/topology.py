@@ -10,27 +10,11 @@ import aiormq
 from aio_pika.abc import AbstractChannel, AbstractQueue
 
 from dispatcher.core import heartbeat
+from dispatcher.core.kinds import STREAMS
 from dispatcher.settings import QueueType, Settings
 
 EXCHANGE: Final = "ganeti"
 DL_EXCHANGE: Final = "ganeti-dl"
-
-# stream -> message types accepted on its queue
-STREAMS: Final[dict[str, frozenset[str]]] = {
-    "op": frozenset({"ganeti-op-status"}),
-    "net": frozenset({"ganeti-net-status"}),
-    "network": frozenset({"ganeti-network-status"}),
-    "progress": frozenset(
-        {
-            "ganeti-create-progress",
-            "image-copy-progress",
-            "image-info",
-            "image-warning",
-            "image-error",
-            "image-helper",
-        }
-    ),
-}
 
 
 class TopologyError(RuntimeError):

@@ -17,6 +17,7 @@ from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from dispatcher.core.names import instance_name
+from dispatcher.core.times import datetime_from_us
 from dispatcher.core.vm_state import VmContext
 from dispatcher.db.models import Backend, Flavor, Network, VirtualMachine
 from dispatcher.eventd.publisher import Outgoing, Publisher
@@ -160,9 +161,7 @@ def expectations(stream: Stream, world: World, prefix: str) -> dict[str, Any]:
 
 
 def _iso_us(us: int | None) -> str | None:
-    from dispatcher.db.store import _ts
-
-    return iso(_ts(us))
+    return iso(datetime_from_us(us))
 
 
 async def publish(
