@@ -20,6 +20,7 @@ from dispatcher.cli import reconcile as reconcile_cli
 from dispatcher.cli.common import EXIT_FAILED, EXIT_USAGE, CommandError, UsageError
 from dispatcher.db.errors import is_transient
 from dispatcher.logs import redact, register_settings_secrets, setup_logging
+from dispatcher.oneline import one_line
 from dispatcher.settings import Settings, load_settings, redact_url
 
 # above CRITICAL: a one-shot command reports its failure in one line of its own
@@ -98,6 +99,5 @@ def _one_line(exc: BaseException, settings: Settings) -> str:
     if isinstance(exc, sa_exc.DBAPIError) and exc.orig is not None:
         # the driver's own words, without SQLAlchemy's statement dump and help link
         orig = exc.orig
-        return redact(f"database error at {where}: {type(orig).__name__}: {orig}")[:300]
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return redact(f"{type(exc).__name__}: {text}")[:300]
+        return redact(f"database error at {where}: {one_line(orig, 250)}")
+    return redact(one_line(exc, 300))

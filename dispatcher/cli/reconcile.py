@@ -10,8 +10,14 @@ import argparse
 
 from dispatcher.actions.clients import client_pool
 from dispatcher.actions.reconciliation import Report, reconcile_networks, reconcile_servers
-from dispatcher.cli.common import CommandError, command, database, emit_json, emit_table
-from dispatcher.cli.servers import action_errors
+from dispatcher.cli.common import (
+    CommandError,
+    action_errors,
+    command,
+    database,
+    emit_json,
+    emit_table,
+)
 from dispatcher.settings import Settings
 
 COLUMNS = ["kind", "id", "name", "backend_id", "detail", "fix", "fixed", "error"]

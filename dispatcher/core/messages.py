@@ -26,6 +26,7 @@ from pydantic import (
 from pydantic_core import from_json
 
 from dispatcher.core.kinds import TYPES
+from dispatcher.oneline import one_line
 
 MAX_BODY: Final = 1024 * 1024
 
@@ -206,19 +207,14 @@ def _explain(body: bytes, exc: ValidationError) -> str:
     try:
         doc = from_json(body)
     except ValueError as bad:
-        return f"not JSON: {_clip(str(bad))}"
+        return f"not JSON: {one_line(str(bad))}"
     if not isinstance(doc, dict):
         return f"not a JSON object but {type(doc).__name__}"
     kind = doc.get("type")
     if kind not in TYPES:
-        return f"unknown type {_clip(repr(kind))}"
+        return f"unknown type {one_line(repr(kind))}"
     parts = []
     for err in exc.errors(include_url=False)[:3]:
         loc = ".".join(str(p) for p in err["loc"][1:]) or "(body)"
         parts.append(f"{loc}: {err['msg']}")
-    return _clip(f"invalid {kind}: " + "; ".join(parts), 500)
-
-
-def _clip(text: str, limit: int = 200) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    return one_line(f"invalid {kind}: " + "; ".join(parts), 500)

@@ -21,7 +21,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 import aio_pika
-import aiormq
 from aio_pika.abc import (
     AbstractChannel,
     AbstractConnection,
@@ -31,10 +30,12 @@ from aio_pika.abc import (
 from aiormq.abc import DeliveredMessage
 
 from dispatcher import metrics
+from dispatcher.broker import BrokerLink
 from dispatcher.core.heartbeat import Heartbeat, parse_heartbeat
 from dispatcher.core.messages import InvalidMessage
 from dispatcher.db.errors import DbProblem
 from dispatcher.logs import log_context
+from dispatcher.oneline import one_line
 from dispatcher.pipeline import dlq_depth
 from dispatcher.pipeline.processor import Decision, Delivery, Processor
 from dispatcher.pipeline.topology import (
@@ -60,14 +61,6 @@ from dispatcher.settings import Settings, redact_url
 log = logging.getLogger(__name__)
 
 _STOP = object()
-# A channel that died with its connection (a broker node killed) is reported as
-# ChannelInvalidStateError, a RuntimeError, sometimes before the connection says it is closed.
-_BROKER_ERRORS = (
-    OSError,
-    TimeoutError,
-    aio_pika.exceptions.AMQPError,
-    aiormq.exceptions.ChannelInvalidStateError,
-)
 
 
 @dataclass
@@ -91,54 +84,34 @@ class Consumer:
     ) -> None:
         self._settings = settings
         self._processor = processor
-        self._connect = connect
         self._on_heartbeat = on_heartbeat
         self.state = state or ConsumerState()
         self._specs = queues(settings.prefix)
+        self._link = BrokerLink(
+            settings.amqp_urls,
+            connection_name="ganeti-dispatcher",
+            connect=connect,
+            on_reconnect=self._reconnected,
+        )
 
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until ``stop`` is set; reconnect by itself after any broker failure."""
-        try:
-            await self._run(stop)
-        finally:
-            await self._processor.close()
 
-    async def _run(self, stop: asyncio.Event) -> None:
-        urls = self._settings.amqp_urls
-        attempt, delay = 0, 0.5
-        first = True
-        while not stop.is_set():
-            url = urls[attempt % len(urls)]
-            attempt += 1
-            try:
-                conn = await self._connect(
-                    url, timeout=10, client_properties={"connection_name": "ganeti-dispatcher"}
-                )
-            except _BROKER_ERRORS as exc:
-                log.warning("broker %s unreachable: %s", redact_url(url), _short(exc))
-                await _wait(stop, delay)
-                delay = min(delay * 2, 10.0)
-                continue
-            delay = 0.5
-            if not first:
-                self.state.reconnects += 1
-                metrics.AMQP_RECONNECTS.inc()
-            first = False
+        async def session(url: str, conn: AbstractConnection) -> None:
             log.info("connected to broker %s", redact_url(url))
             try:
                 await self._session(conn, stop)
-            except TopologyError:
-                raise
-            except Exception as exc:
-                # an ack or publish on a channel that just died fails with whatever type the
-                # client raises; once the connection is gone, it is a broker failure
-                if not (conn.is_closed or isinstance(exc, _BROKER_ERRORS)):
-                    raise
-                log.warning("broker connection lost: %s", _short(exc))
             finally:
                 self._set_connected(False)
-                with contextlib.suppress(Exception):
-                    await conn.close()
+
+        try:
+            await self._link.run(session, stop=stop, fatal=(TopologyError,))
+        finally:
+            await self._processor.close()
+
+    def _reconnected(self) -> None:
+        self.state.reconnects += 1
+        metrics.AMQP_RECONNECTS.inc()
 
     def _set_connected(self, up: bool) -> None:
         self.state.broker_connected = up
@@ -224,7 +197,7 @@ class Consumer:
             except InvalidMessage as exc:
                 log.warning("heartbeat dropped: %s", exc.reason)
             except Exception as exc:  # noqa: BLE001 - the next heartbeat tries again
-                log.warning("heartbeat not recorded: %s", _short(exc))
+                log.warning("heartbeat not recorded: %s", one_line(exc))
 
         await queue.consume(on_heartbeat, no_ack=True)
 
@@ -371,12 +344,3 @@ def _copy(message: DeliveredMessage, headers: dict[str, Any]) -> aio_pika.Messag
         message_id=props.message_id,
         timestamp=props.timestamp,
     )
-
-
-async def _wait(stop: asyncio.Event, delay: float) -> None:
-    with contextlib.suppress(asyncio.TimeoutError):
-        await asyncio.wait_for(stop.wait(), delay)
-
-
-def _short(exc: BaseException) -> str:
-    return " ".join(f"{type(exc).__name__}: {exc}".split())[:200]

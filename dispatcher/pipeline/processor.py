@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 from dispatcher.core.messages import InvalidMessage, Message, parse
 from dispatcher.db.errors import DbProblem, db_problem
+from dispatcher.oneline import one_line
 from dispatcher.pipeline.topology import QueueSpec
 from dispatcher.pipeline.types import RETRIES_HEADER, Incoming, Outcome, Result
 
@@ -104,7 +105,7 @@ class Processor:
                 i, inc = part[0]
                 decisions[i] = self._failed(exc, inc, batch[i])
                 return
-            log.warning("batch of %d failed (%s); splitting it", len(part), _short(exc))
+            log.warning("batch of %d failed (%s); splitting it", len(part), one_line(exc))
             mid = len(part) // 2
             await self._apply_or_split(part[:mid], batch, decisions)
             await self._apply_or_split(part[mid:], batch, decisions)
@@ -136,7 +137,7 @@ class Processor:
                 log.warning(
                     "%s (%s); holding %d messages, retrying in %.1f s",
                     problem.value,
-                    _short(exc),
+                    one_line(exc),
                     len(items),
                     delay,
                 )
@@ -154,7 +155,3 @@ def _decision(res: Result, msg: Message) -> Decision:
 def _retries(headers: Mapping[str, Any]) -> int:
     value = headers.get(RETRIES_HEADER, 0)
     return value if isinstance(value, int) and value >= 0 else 0
-
-
-def _short(exc: BaseException) -> str:
-    return " ".join(f"{type(exc).__name__}: {exc}".split())[:200]

@@ -11,6 +11,7 @@ from aio_pika.abc import AbstractChannel, AbstractQueue
 
 from dispatcher.core import heartbeat
 from dispatcher.core.kinds import STREAMS
+from dispatcher.oneline import one_line
 from dispatcher.settings import QueueType, Settings
 
 EXCHANGE: Final = "ganeti"
@@ -74,7 +75,8 @@ async def declare(channel: AbstractChannel, settings: Settings) -> dict[str, Abs
                 queue = await channel.declare_queue(name, durable=True, arguments=args)
             except aiormq.exceptions.ChannelPreconditionFailed as exc:
                 raise TopologyError(
-                    f"queue {name!r} already exists with other arguments ({_reason(exc)}); "
+                    f"queue {name!r} already exists with other arguments "
+                    f"({one_line(exc, kind=False)}); "
                     f"set DISPATCHER_QUEUE_TYPE={other} if it is a {other} queue, "
                     "or remove the queue yourself"
                 ) from None
@@ -96,13 +98,8 @@ async def declare_heartbeat(channel: AbstractChannel, settings: Settings) -> Abs
         queue = await channel.declare_queue(name, durable=True, arguments=args)
     except aiormq.exceptions.ChannelPreconditionFailed as exc:
         raise TopologyError(
-            f"queue {name!r} already exists with other arguments ({_reason(exc)}); "
+            f"queue {name!r} already exists with other arguments ({one_line(exc, kind=False)}); "
             "remove the queue yourself (it holds only heartbeats)"
         ) from None
     await queue.bind(exchange, routing_key=heartbeat.ROUTING_KEY)
     return queue
-
-
-def _reason(exc: BaseException) -> str:
-    text = " ".join(str(a) for a in exc.args) or type(exc).__name__
-    return " ".join(text.split())[:200]
