@@ -35,8 +35,8 @@ import httpx
 import pytest
 
 from dispatcher.core.messages import InvalidMessage, parse
+from dispatcher.core.times import iso
 from dispatcher.pipeline.topology import queues
-from dispatcher.views import iso
 from tests.support import PYTHON, ROOT, Daemon, Env, Gate, as_postgres, wait_until
 
 pytestmark = pytest.mark.slow

@@ -28,6 +28,7 @@ import asyncpg
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
+from dispatcher.core.handling import Incoming, Outcome
 from dispatcher.core.messages import Message, NetworkStatus, VmMessage, parse
 from dispatcher.core.names import instance_name, network_name
 from dispatcher.core.network_state import BnState, fold_network, network_state
@@ -36,7 +37,6 @@ from dispatcher.core.times import datetime_from_us as _ts
 from dispatcher.core.vm_state import Diagnostic, NicState, VmContext, VmState, fold
 from dispatcher.db.engine import engine_scope
 from dispatcher.db.store import EventStore
-from dispatcher.pipeline.types import Incoming, Outcome
 from dispatcher.simulation.publish import SIM_CLUSTER, create_world
 from dispatcher.simulation.streams import Generator, SimNetwork
 from tests.support import Env

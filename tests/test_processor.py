@@ -15,10 +15,10 @@ import asyncpg
 import pytest
 from sqlalchemy import exc as sa_exc
 
+from dispatcher.core.handling import RETRIES_HEADER, Incoming, Outcome, Result
 from dispatcher.db.errors import DbProblem
 from dispatcher.pipeline.processor import Delivery, Processor
 from dispatcher.pipeline.topology import queues
-from dispatcher.pipeline.types import RETRIES_HEADER, Incoming, Outcome, Result
 from tests.support import op_status
 
 OP_QUEUE = next(q for q in queues("snf") if q.name.endswith("-op"))

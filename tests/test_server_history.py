@@ -6,10 +6,10 @@ from __future__ import annotations
 import json
 
 from dispatcher.actions.refresh import ADMIN_LOGMSG
+from dispatcher.core.handling import Incoming
 from dispatcher.core.messages import parse
 from dispatcher.db.engine import engine_scope
 from dispatcher.db.store import EventStore
-from dispatcher.pipeline.types import Incoming
 from dispatcher.simulation.publish import create_world
 from tests.support import Env, op_status
 

@@ -56,6 +56,7 @@ from dispatcher.actions.networks import (
     placement,
     submit_remove,
 )
+from dispatcher.core.handling import Incoming, Outcome
 from dispatcher.core.messages import Nic, parse
 from dispatcher.core.names import (
     instance_name,
@@ -66,7 +67,6 @@ from dispatcher.core.names import (
 from dispatcher.core.vm_state import NicState, VmContext, build_nics
 from dispatcher.db.models import Backend, BackendNetwork, Network, VirtualMachine
 from dispatcher.db.store import EventStore, refresh_network_states
-from dispatcher.pipeline.types import Incoming, Outcome
 from dispatcher.rapi import RapiClient, RapiError, RapiNotFound
 
 SIM_LOGMSG: Final = "Reconciliation: simulated Ganeti event"

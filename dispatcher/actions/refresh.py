@@ -22,11 +22,11 @@ from dispatcher.actions.errors import ActionError, DeletedError, InvalidInputErr
 from dispatcher.actions.jobs import job_error, wait_for_job
 from dispatcher.actions.reconciliation import Report, reconcile_one_server
 from dispatcher.actions.servers import load_server, server_backend
+from dispatcher.core.handling import Incoming, Outcome
 from dispatcher.core.messages import parse
 from dispatcher.core.names import instance_name
 from dispatcher.db.models import Backend
 from dispatcher.db.store import EventStore
-from dispatcher.pipeline.types import Incoming, Outcome
 
 ADMIN_LOGMSG: Final = "Admin set-state"
 # the state -> the opcode (and status) whose event gives it under CONTRACT §5.3; BUILD has

@@ -20,10 +20,10 @@ from dispatcher.cli.common import (
     read_secret_file,
     session_scope,
 )
+from dispatcher.cli.views import backend_view
 from dispatcher.db.liveness import liveness
 from dispatcher.db.models import Backend, BackendNetwork, VirtualMachine
 from dispatcher.settings import Settings
-from dispatcher.views import backend_view
 
 COLUMNS = [
     "id",

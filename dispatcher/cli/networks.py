@@ -20,9 +20,9 @@ from dispatcher.cli.common import (
     emit_table,
     session_scope,
 )
+from dispatcher.cli.views import network_view
 from dispatcher.db.models import Network
 from dispatcher.settings import Settings
-from dispatcher.views import network_view
 
 COLUMNS = [
     "id",

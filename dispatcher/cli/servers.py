@@ -24,9 +24,9 @@ from dispatcher.cli.common import (
     read_secret_file,
     session_scope,
 )
+from dispatcher.cli.views import diagnostic_view, event_view, server_view
 from dispatcher.db.models import VirtualMachine, VmDiagnostic, VmEvent
 from dispatcher.settings import Settings
-from dispatcher.views import diagnostic_view, event_view, server_view
 
 COLUMNS = [
     "id",

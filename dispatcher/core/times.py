@@ -1,4 +1,5 @@
-"""Event times: the wire's microseconds since the epoch and the database's timestamps."""
+"""Event times: the wire's microseconds since the epoch, the database's timestamps, and the
+JSON output's ISO 8601 text (CONTRACT §6)."""
 
 from __future__ import annotations
 
@@ -19,3 +20,10 @@ def us_from_datetime(ts: datetime | None) -> int | None:
     # integer arithmetic: a float timestamp would lose microseconds
     delta = ts - _EPOCH
     return (delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def iso(ts: datetime | None) -> str | None:
+    """``2024-05-01T12:00:00.123456Z``: UTC, with a ``Z``."""
+    if ts is None:
+        return None
+    return ts.astimezone(UTC).isoformat().replace("+00:00", "Z")

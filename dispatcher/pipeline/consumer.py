@@ -31,6 +31,15 @@ from aiormq.abc import DeliveredMessage
 
 from dispatcher import metrics
 from dispatcher.broker import BrokerLink
+from dispatcher.core.handling import (
+    ERROR_HEADER,
+    FAILED_AT_HEADER,
+    ORIG_EXCHANGE_HEADER,
+    ORIG_KEY_HEADER,
+    QUEUE_HEADER,
+    RETRIES_HEADER,
+    Outcome,
+)
 from dispatcher.core.heartbeat import Heartbeat, parse_heartbeat
 from dispatcher.core.messages import InvalidMessage
 from dispatcher.db.errors import DbProblem
@@ -46,15 +55,6 @@ from dispatcher.pipeline.topology import (
     declare,
     declare_heartbeat,
     queues,
-)
-from dispatcher.pipeline.types import (
-    ERROR_HEADER,
-    FAILED_AT_HEADER,
-    ORIG_EXCHANGE_HEADER,
-    ORIG_KEY_HEADER,
-    QUEUE_HEADER,
-    RETRIES_HEADER,
-    Outcome,
 )
 from dispatcher.settings import Settings, redact_url
 

@@ -17,8 +17,7 @@ from aio_pika.abc import (
     AbstractQueue,
 )
 
-from dispatcher.pipeline.topology import EXCHANGE, QueueSpec, queues
-from dispatcher.pipeline.types import (
+from dispatcher.core.handling import (
     DL_RETRIES_HEADER,
     ERROR_HEADER,
     FAILED_AT_HEADER,
@@ -27,6 +26,7 @@ from dispatcher.pipeline.types import (
     QUEUE_HEADER,
     RETRIES_HEADER,
 )
+from dispatcher.pipeline.topology import EXCHANGE, QueueSpec, queues
 from dispatcher.settings import Settings
 
 

@@ -15,11 +15,11 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from dispatcher.core.handling import RETRIES_HEADER, Incoming, Outcome, Result
 from dispatcher.core.messages import InvalidMessage, Message, parse
 from dispatcher.db.errors import DbProblem, db_problem
 from dispatcher.oneline import one_line
 from dispatcher.pipeline.topology import QueueSpec
-from dispatcher.pipeline.types import RETRIES_HEADER, Incoming, Outcome, Result
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import signal
 from collections.abc import Callable
 
 from sqlalchemy import text
@@ -22,6 +21,7 @@ from dispatcher.pipeline.consumer import Consumer, ConsumerState
 from dispatcher.pipeline.processor import Processor
 from dispatcher.runtime.health import HealthServer
 from dispatcher.runtime.sdnotify import Notifier, watchdog_task
+from dispatcher.runtime.signals import stop_on_signals
 from dispatcher.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -98,20 +98,11 @@ def _ignore(_: object) -> None:
 
 async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> int:
     stop = stop or asyncio.Event()
-    loop = asyncio.get_running_loop()
     notifier = Notifier()
-
-    def on_signal() -> None:
-        if not stop.is_set():
-            notifier.stopping("stopping")
-            log.info("stop requested")
-        stop.set()
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, on_signal)
     state = ConsumerState()
     try:
         async with contextlib.AsyncExitStack() as stack:
+            stack.enter_context(stop_on_signals(stop, notifier))
             engine = await stack.enter_async_context(engine_scope(settings))
 
             async def readiness() -> dict[str, bool]:
@@ -163,6 +154,4 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> int:
             log.info("stopped")
             return 0
     finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(sig)
         notifier.close()

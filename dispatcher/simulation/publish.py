@@ -17,7 +17,7 @@ from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from dispatcher.core.names import instance_name
-from dispatcher.core.times import datetime_from_us
+from dispatcher.core.times import datetime_from_us, iso
 from dispatcher.core.vm_state import VmContext
 from dispatcher.db.models import Backend, Flavor, Network, VirtualMachine
 from dispatcher.eventd.publisher import Outgoing, Publisher
@@ -30,7 +30,6 @@ from dispatcher.simulation.streams import (
     expected_backend_network,
     expected_vm,
 )
-from dispatcher.views import iso
 
 SIM_CLUSTER = "sim.gnt.test"
 

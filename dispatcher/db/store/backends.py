@@ -6,9 +6,9 @@ from collections.abc import Sequence
 
 import asyncpg
 
+from dispatcher.core.handling import Incoming, Outcome, Result
 from dispatcher.core.messages import NetworkStatus
 from dispatcher.core.names import vm_id_from_instance
-from dispatcher.pipeline.types import Incoming, Outcome, Result
 
 _TOUCH_BACKENDS = """
 UPDATE backends SET last_event = now()

@@ -12,8 +12,8 @@ from typing import Any
 
 import asyncpg
 
+from dispatcher.core.handling import Incoming, Outcome, Result
 from dispatcher.core.messages import Message, load_stored
-from dispatcher.pipeline.types import Incoming, Outcome, Result
 
 
 def push_row(cols: Sequence[list[Any]], *values: Any) -> None:

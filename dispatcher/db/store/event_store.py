@@ -10,10 +10,10 @@ import asyncpg
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from dispatcher.core.handling import Incoming, Outcome, Result
 from dispatcher.db.store.backends import touch_backends
 from dispatcher.db.store.networks import NetworkBatch
 from dispatcher.db.store.vms import VmBatch
-from dispatcher.pipeline.types import Incoming, Outcome, Result
 
 
 class EventStore:

@@ -9,6 +9,7 @@ from typing import Any
 import asyncpg
 
 from dispatcher import metrics
+from dispatcher.core.handling import Incoming, Outcome, Result
 from dispatcher.core.messages import NetworkStatus
 from dispatcher.core.names import network_id_from_name
 from dispatcher.core.network_state import BnState, fold_network, network_state
@@ -24,7 +25,6 @@ from dispatcher.db.store.batch import (
     record_history,
     split_targets,
 )
-from dispatcher.pipeline.types import Incoming, Outcome, Result
 
 _SELECT_NETS_LOCK = """
 SELECT id, action, deleted FROM networks WHERE id = ANY($1::int[]) ORDER BY id FOR UPDATE

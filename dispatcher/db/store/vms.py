@@ -9,6 +9,7 @@ from typing import Any
 import asyncpg
 
 from dispatcher import metrics
+from dispatcher.core.handling import Incoming, Outcome, Result
 from dispatcher.core.kinds import CODE
 from dispatcher.core.messages import NetStatus, NetworkStatus, OpStatus, VmMessage
 from dispatcher.core.names import network_id_from_name, vm_id_from_instance
@@ -25,7 +26,6 @@ from dispatcher.db.store.batch import (
     record_history,
     split_targets,
 )
-from dispatcher.pipeline.types import Incoming, Outcome, Result
 
 
 class _Write(StrEnum):

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any
 
 from dispatcher.core.names import instance_name, network_name
+from dispatcher.core.times import iso
 from dispatcher.db.models import (
     Backend,
     BackendNetwork,
@@ -15,12 +15,6 @@ from dispatcher.db.models import (
     VmDiagnostic,
     VmEvent,
 )
-
-
-def iso(ts: datetime | None) -> str | None:
-    if ts is None:
-        return None
-    return ts.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 def server_view(vm: VirtualMachine, prefix: str) -> dict[str, Any]:
