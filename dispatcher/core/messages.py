@@ -62,11 +62,13 @@ Number = Annotated[StrictInt | StrictFloat, Field(allow_inf_nan=False)]
 Name = StrictStr
 
 
-class _Model(BaseModel):
+class WireModel(BaseModel):
+    """What every wire model shares: unknown fields ignored, strict types, immutable."""
+
     model_config = ConfigDict(extra="ignore", strict=True, frozen=True)
 
 
-class Nic(_Model):
+class Nic(WireModel):
     network: Name
     mac: StrictStr | None = None
     ip: StrictStr | None = None
@@ -77,7 +79,7 @@ class Nic(_Model):
     name: StrictStr | None = None
 
 
-class _Event(_Model):
+class _Event(WireModel):
     event_time: EventTime
 
     @property
