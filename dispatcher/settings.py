@@ -118,6 +118,7 @@ class Settings(BaseSettings):
     queue_type: QueueType = QueueType.QUORUM
     prefetch: int = Field(1024, ge=1, le=65535)
     batch_size: int = Field(512, ge=1)
+    batch_wait: float = Field(0.0, ge=0, le=1.0)
     max_retries: int = Field(5, ge=0)
     shutdown_grace: float = Field(10.0, ge=0)
     event_loop: EventLoop = EventLoop.ASYNCIO
@@ -211,6 +212,7 @@ class Settings(BaseSettings):
             "queue_type": self.queue_type.value,
             "prefetch": self.prefetch,
             "batch_size": self.batch_size,
+            "batch_wait": self.batch_wait,
             "event_loop": self.event_loop.value,
             "max_retries": self.max_retries,
             "http_listen": self.http_listen,
