@@ -557,10 +557,13 @@ class CommitListener:
         await conn.close()
 
 
-def paced_publish(bench: Bench, messages: Messages, rate: float) -> dict[str, float]:
+def paced_publish(
+    bench: Bench, messages: Messages, rate: float, report: dict[str, float] | None = None
+) -> dict[str, float]:
     """Publish at ``rate``/s from a child process (so that neither the listener nor this
     process's event loop delays it); returns the first publish time (wall clock) of each
-    distinct VM message, by the history key the commit listener reports."""
+    distinct VM message, by the history key the commit listener reports. The rate the
+    publisher reached goes to ``report["achieved"]``."""
     keys: list[str | None] = []
     wire: list[tuple[str, bytes]] = []
     for routing_key, body in messages:
@@ -579,6 +582,8 @@ def paced_publish(bench: Bench, messages: Messages, rate: float) -> dict[str, fl
     stamps_by_index, achieved = out.get(timeout=max(120, 3 * len(wire) / rate))
     child.join(30)
     log(f"paced publish: {len(wire)} messages at {achieved:.0f} msg/s (target {rate:.0f})")
+    if report is not None:
+        report["achieved"] = achieved
     stamps: dict[str, float] = {}
     for key, t in zip(keys, stamps_by_index, strict=True):
         if key is not None:

@@ -6,7 +6,6 @@ Exit codes: 0 success, 1 the operation failed (one line on stderr), 2 bad usage 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import sys
 from collections.abc import Sequence
@@ -14,7 +13,7 @@ from collections.abc import Sequence
 from pydantic import ValidationError
 from sqlalchemy import exc as sa_exc
 
-from dispatcher import __version__
+from dispatcher import __version__, event_loop
 from dispatcher.cli import backends, eventd, flavors, networks, queues, servers, service, top
 from dispatcher.cli import reconcile as reconcile_cli
 from dispatcher.cli.common import EXIT_FAILED, EXIT_USAGE, CommandError, UsageError
@@ -77,7 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         setup_logging(QUIET, settings.log_format)
     try:
-        code: int = asyncio.run(args.handler(args, settings))
+        code: int = event_loop.run(settings, args.handler(args, settings))
         return code
     except UsageError as exc:
         print(f"dispatcher: {exc}", file=sys.stderr)
