@@ -181,7 +181,7 @@ class _ContextCapture(logging.Filter):
 
 
 class TextFormatter(logging.Formatter):
-    """``2024-05-01 12:00:00,123 INFO dispatcher.consumer: message k=v k2=v2`` (+ traceback)."""
+    """``2024-05-01 12:00:00,123 INFO dispatcher.runtime.daemon: msg k=v k2=v2`` (+ traceback)."""
 
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")

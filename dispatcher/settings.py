@@ -9,6 +9,7 @@ repr or a log line never shows them.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 from enum import StrEnum
@@ -28,6 +29,11 @@ DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
 class QueueType(StrEnum):
     QUORUM = "quorum"
     CLASSIC = "classic"
+
+
+class EventLoop(StrEnum):
+    ASYNCIO = "asyncio"
+    UVLOOP = "uvloop"
 
 
 def _credential_dirs() -> list[Path]:
@@ -112,8 +118,10 @@ class Settings(BaseSettings):
     queue_type: QueueType = QueueType.QUORUM
     prefetch: int = Field(1024, ge=1, le=65535)
     batch_size: int = Field(512, ge=1)
+    batch_wait: float = Field(0.0, ge=0, le=1.0)
     max_retries: int = Field(5, ge=0)
     shutdown_grace: float = Field(10.0, ge=0)
+    event_loop: EventLoop = EventLoop.ASYNCIO
     db_retry_max: float = Field(30.0, gt=0)
 
     http_listen: str = "127.0.0.1:9187"
@@ -130,6 +138,15 @@ class Settings(BaseSettings):
     def _prefix_ok(cls, v: str) -> str:
         if not v or "-" in v or "." in v or not v.isascii():
             raise ValueError("prefix must be non-empty ASCII without '-' or '.'")
+        return v
+
+    @field_validator("event_loop")
+    @classmethod
+    def _event_loop_installed(cls, v: EventLoop) -> EventLoop:
+        # checked here, so that a missing extra is a bad setting (exit 2, one line) before
+        # anything starts, not an ImportError once the daemon is half up
+        if v is EventLoop.UVLOOP and importlib.util.find_spec("uvloop") is None:
+            raise ValueError("uvloop is not installed (pip install 'ganeti-dispatcher[uvloop]')")
         return v
 
     @field_validator("log_level")
@@ -195,6 +212,8 @@ class Settings(BaseSettings):
             "queue_type": self.queue_type.value,
             "prefetch": self.prefetch,
             "batch_size": self.batch_size,
+            "batch_wait": self.batch_wait,
+            "event_loop": self.event_loop.value,
             "max_retries": self.max_retries,
             "http_listen": self.http_listen,
         }

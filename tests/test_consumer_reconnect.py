@@ -11,8 +11,8 @@ from typing import Any
 import aiormq
 import pytest
 
-from dispatcher.consumer import Consumer
-from dispatcher.processor import Processor
+from dispatcher.pipeline.consumer import Consumer
+from dispatcher.pipeline.processor import Processor
 from dispatcher.settings import Settings
 
 

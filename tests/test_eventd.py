@@ -23,6 +23,7 @@ from typing import Any
 import aio_pika
 import pytest
 
+from dispatcher.core.messages import NetworkStatus, OpStatus, parse
 from dispatcher.eventd import inotify
 from dispatcher.eventd.jobfile import (
     JobFileError,
@@ -38,7 +39,6 @@ from dispatcher.eventd.master import MasterCheck, local_names, read_ssconf
 from dispatcher.eventd.nics import firewall_by_nic, nics_from_instance
 from dispatcher.eventd.publisher import Outgoing, Publisher
 from dispatcher.eventd.service import Dedupe, EventdOptions, EventService, run_eventd
-from dispatcher.messages import NetworkStatus, OpStatus, parse
 from tests.support import PYTHON, ROOT, async_wait_until, free_port, unique_prefix
 
 CLUSTER = "cluster.gnt.test"

@@ -30,8 +30,8 @@ from typing import Any
 import httpx
 import pytest
 
+from dispatcher.core.messages import STATUS_RANK
 from dispatcher.eventd.nics import nics_from_instance
-from dispatcher.messages import STATUS_RANK
 from dispatcher.rapi import RapiClient
 from dispatcher.rapi.errors import RapiError
 from tests.support import PYTHON, ROOT, SANDBOX, sandbox_client, sandbox_env, unique_prefix

@@ -34,9 +34,9 @@ import asyncpg
 import httpx
 import pytest
 
-from dispatcher.messages import InvalidMessage, parse
-from dispatcher.topology import queues
-from dispatcher.views import iso
+from dispatcher.core.messages import InvalidMessage, parse
+from dispatcher.core.times import iso
+from dispatcher.pipeline.topology import queues
 from tests.support import PYTHON, ROOT, Daemon, Env, Gate, as_postgres, wait_until
 
 pytestmark = pytest.mark.slow

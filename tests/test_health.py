@@ -1,4 +1,4 @@
-"""dispatcher.health: the /livez /readyz /metrics listener and the healthcheck command."""
+"""dispatcher.runtime.health: the /livez /readyz /metrics listener and the healthcheck command."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import httpx
 import pytest
 from prometheus_client import CollectorRegistry, Counter
 
-from dispatcher.health import (
+from dispatcher.metrics import MESSAGES
+from dispatcher.runtime.health import (
     HealthServer,
     check_health,
     check_health_sync,
@@ -17,7 +18,6 @@ from dispatcher.health import (
     parse_listen,
     probe_url,
 )
-from dispatcher.metrics import MESSAGES
 from tests.support import until_true
 
 

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from dispatcher import heartbeat
+from dispatcher.core import heartbeat
+from dispatcher.core.messages import InvalidMessage, parse
 from dispatcher.db.engine import engine_scope
-from dispatcher.messages import InvalidMessage, parse
-from dispatcher.simulate import create_world, publish
-from dispatcher.topology import routing_key_for
+from dispatcher.pipeline.topology import routing_key_for
+from dispatcher.simulation.publish import create_world, publish
 from tests.support import PYTHON, ROOT, Env, daemon, op_status, wait_until
 
 

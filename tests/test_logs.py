@@ -74,7 +74,7 @@ def test_json_one_object_per_line_even_with_newlines_in_message() -> None:
 
 def test_context_fields_are_added_and_removed() -> None:
     stream = _setup("json")
-    log = logging.getLogger("dispatcher.consumer")
+    log = logging.getLogger("dispatcher.pipeline.consumer")
     with log_context(queue="snf-events-op", type="ganeti-op-status"):
         log.info("outer")
         with log_context(instance="snf-42", job_id=17):

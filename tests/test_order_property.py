@@ -11,7 +11,7 @@ canceled < error < success``), produces. Checked three ways:
 * the real ``EventStore`` on PostgreSQL.
 
 The reference order is computed here from the contract's words (``contract_order``), not
-from ``dispatcher.ordering``; the hand-written strategies only produce event-time ties that
+from ``dispatcher.core.ordering``; the hand-written strategies only produce event-time ties that
 the contract resolves (op-status messages of distinct job or status), so the reference is a
 total order.
 """
@@ -28,15 +28,17 @@ import asyncpg
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
+from dispatcher.core.handling import Incoming, Outcome
+from dispatcher.core.messages import Message, NetworkStatus, VmMessage, parse
+from dispatcher.core.names import instance_name, network_name
+from dispatcher.core.network_state import BnState, fold_network, network_state
+from dispatcher.core.ordering import sort_key
+from dispatcher.core.times import datetime_from_us as _ts
+from dispatcher.core.vm_state import Diagnostic, NicState, VmContext, VmState, fold
 from dispatcher.db.engine import engine_scope
-from dispatcher.db.store import EventStore, Incoming, Outcome, _ts
-from dispatcher.messages import Message, NetworkStatus, VmMessage, parse
-from dispatcher.names import instance_name, network_name
-from dispatcher.network_state import BnState, fold_network, network_state
-from dispatcher.ordering import sort_key
-from dispatcher.simulate import SIM_CLUSTER, create_world
-from dispatcher.simulation import Generator, SimNetwork
-from dispatcher.vm_state import Diagnostic, NicState, VmContext, VmState, fold
+from dispatcher.db.store import EventStore
+from dispatcher.simulation.publish import SIM_CLUSTER, create_world
+from dispatcher.simulation.streams import Generator, SimNetwork
 from tests.support import Env
 
 PREFIX = "snf"

@@ -12,8 +12,8 @@ import aio_pika
 import pytest
 
 from dispatcher.db.engine import engine_scope
-from dispatcher.simulate import SIM_CLUSTER, create_world, publish
-from dispatcher.topology import routing_key_for
+from dispatcher.pipeline.topology import routing_key_for
+from dispatcher.simulation.publish import SIM_CLUSTER, create_world, publish
 from tests.support import Env, async_wait_until, daemon, op_status
 
 T0 = 1_795_000_000

@@ -15,10 +15,10 @@ import asyncpg
 import pytest
 from sqlalchemy import exc as sa_exc
 
+from dispatcher.core.handling import RETRIES_HEADER, Incoming, Outcome, Result
 from dispatcher.db.errors import DbProblem
-from dispatcher.db.store import Incoming, Outcome, Result
-from dispatcher.processor import RETRIES_HEADER, Delivery, Processor, Verdict
-from dispatcher.topology import queues
+from dispatcher.pipeline.processor import Delivery, Processor
+from dispatcher.pipeline.topology import queues
 from tests.support import op_status
 
 OP_QUEUE = next(q for q in queues("snf") if q.name.endswith("-op"))
@@ -60,12 +60,12 @@ async def test_poison_is_bisected_out_and_the_rest_applied(size: int, poisoned: 
     proc = Processor(store, max_retries=3, retry_max_delay=0.01, sleep=no_sleep)
     decisions = await proc.handle(deliveries(size))
     verdicts = {
-        d.message.instance: d.verdict  # type: ignore[union-attr]
+        d.message.instance: d.outcome  # type: ignore[union-attr]
         for d in decisions
     }
     assert len(decisions) == size
-    assert {n for n, v in verdicts.items() if v is Verdict.RETRY} == poisoned
-    assert all(v is Verdict.APPLIED for n, v in verdicts.items() if n not in poisoned)
+    assert {n for n, v in verdicts.items() if v is Outcome.RETRY} == poisoned
+    assert all(v is Outcome.APPLIED for n, v in verdicts.items() if n not in poisoned)
     assert sorted(store.applied) == sorted(n for n in verdicts if n not in poisoned)
     # each culprit costs at most two transactions per level of the split
     bound = 1 + 2 * len(poisoned) * math.ceil(math.log2(size))
@@ -78,17 +78,17 @@ async def test_poison_past_its_retries_is_dead_lettered_with_reason() -> None:
     proc = Processor(store, max_retries=3, retry_max_delay=0.01, sleep=no_sleep)
     decisions = await proc.handle(deliveries(4, retries=3))
     by_name = {d.message.instance: d for d in decisions}  # type: ignore[union-attr]
-    assert by_name["snf-2"].verdict is Verdict.DEAD_LETTER
+    assert by_name["snf-2"].outcome is Outcome.DEAD_LETTER
     assert "RuntimeError: cannot apply snf-2" in by_name["snf-2"].reason
     assert "after 4 attempts" in by_name["snf-2"].reason
-    assert [by_name[n].verdict for n in ("snf-1", "snf-3", "snf-4")] == [Verdict.APPLIED] * 3
+    assert [by_name[n].outcome for n in ("snf-1", "snf-3", "snf-4")] == [Outcome.APPLIED] * 3
 
 
 async def test_a_healthy_batch_is_one_transaction() -> None:
     store = PoisonStore(set())
     proc = Processor(store, max_retries=3, retry_max_delay=0.01, sleep=no_sleep)
     decisions = await proc.handle(deliveries(100))
-    assert [d.verdict for d in decisions] == [Verdict.APPLIED] * 100
+    assert [d.outcome for d in decisions] == [Outcome.APPLIED] * 100
     assert store.calls == 1
 
 
@@ -116,6 +116,6 @@ async def test_a_schema_error_holds_the_batch_instead_of_dead_lettering_it() -> 
         store, max_retries=0, retry_max_delay=0.01, on_db_state=states.append, sleep=no_sleep
     )
     decisions = await proc.handle(deliveries(10, retries=5))
-    assert [d.verdict for d in decisions] == [Verdict.APPLIED] * 10
+    assert [d.outcome for d in decisions] == [Outcome.APPLIED] * 10
     assert store.calls == 8  # the whole batch, held and retried; never split
     assert states == [DbProblem.SCHEMA] * 7 + [None]

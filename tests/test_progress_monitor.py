@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 
+from dispatcher.core.messages import CreateProgress, parse
 from dispatcher.eventd.progress_monitor import _Sampler, monitor, progress_message, read_io
 from dispatcher.eventd.publisher import Outgoing
-from dispatcher.messages import CreateProgress, parse
 from tests.support import PYTHON, ROOT, async_wait_until, free_port, unique_prefix, until_true
 from tests.test_eventd import bound_queue, collect_until, published_before_marker
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from dispatcher.messages import (
+from dispatcher.core.messages import (
     InvalidMessage,
     Message,
     NetStatus,
@@ -20,15 +20,15 @@ from dispatcher.messages import (
     VmMessage,
     parse,
 )
-from dispatcher.names import (
+from dispatcher.core.names import (
     instance_name,
     network_id_from_name,
     network_name,
     vm_id_from_instance,
 )
-from dispatcher.network_state import BnState, apply_network, network_state
-from dispatcher.ordering import sort_key
-from dispatcher.vm_state import NicState, Step, VmContext, VmState, apply_vm, build_nics
+from dispatcher.core.network_state import BnState, apply_network, network_state
+from dispatcher.core.ordering import sort_key
+from dispatcher.core.vm_state import NicState, Step, VmContext, VmState, apply_vm, build_nics
 
 P = "snf"
 VM = 42

@@ -1,4 +1,4 @@
-"""dispatcher.sdnotify against a real AF_UNIX datagram socket standing in for systemd."""
+"""dispatcher.runtime.sdnotify against a real AF_UNIX datagram socket standing in for systemd."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from dispatcher.sdnotify import Notifier, watchdog_interval, watchdog_loop, watchdog_task
+from dispatcher.runtime.sdnotify import Notifier, watchdog_interval, watchdog_loop, watchdog_task
 from tests.support import until_true
 
 

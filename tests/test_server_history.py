@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import json
 
+from dispatcher.actions.refresh import ADMIN_LOGMSG
+from dispatcher.core.handling import Incoming
+from dispatcher.core.messages import parse
 from dispatcher.db.engine import engine_scope
-from dispatcher.db.store import EventStore, Incoming
-from dispatcher.messages import parse
-from dispatcher.server_refresh import ADMIN_LOGMSG
-from dispatcher.simulate import create_world
+from dispatcher.db.store import EventStore
+from dispatcher.simulation.publish import create_world
 from tests.support import Env, op_status
 
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 
+from dispatcher.core.handling import Incoming, Outcome
+from dispatcher.core.messages import parse
 from dispatcher.db.engine import engine_scope
-from dispatcher.db.store import EventStore, Incoming, Outcome
-from dispatcher.messages import parse
-from dispatcher.simulate import SIM_CLUSTER, create_world
+from dispatcher.db.store import EventStore
+from dispatcher.simulation.publish import SIM_CLUSTER, create_world
 from tests.support import Env
 
 

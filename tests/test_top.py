@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from dispatcher.db.engine import engine_scope
-from dispatcher.simulate import create_world, publish
+from dispatcher.pipeline.topology import routing_key_for
+from dispatcher.simulation.publish import create_world, publish
 from dispatcher.top.snapshot import DaemonMetrics, Rates, Snapshot, parse_metrics, rates
-from dispatcher.topology import routing_key_for
 from tests.support import PYTHON, ROOT, Env, daemon, op_status, wait_until
 
 

@@ -7,8 +7,7 @@ The factory is injected, so that tests can hand out clients built on ``httpx.Moc
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Self, TypeVar
 
@@ -76,13 +75,5 @@ async def call(backend: Backend, doing: str, awaitable: Awaitable[T]) -> T:
     """Await one RAPI call; a RapiError becomes a one-line ClusterError naming the cluster."""
     try:
         return await awaitable
-    except RapiError as exc:
-        raise ClusterError.from_rapi(exc, backend.clustername, doing) from exc
-
-
-@asynccontextmanager
-async def rapi_errors(backend: Backend, doing: str) -> AsyncIterator[None]:
-    try:
-        yield
     except RapiError as exc:
         raise ClusterError.from_rapi(exc, backend.clustername, doing) from exc

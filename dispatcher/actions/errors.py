@@ -1,9 +1,11 @@
-"""Errors of the outbound actions, each with the exit code the CLI gives it (CONTRACT §6).
+"""Errors of the outbound actions. What the caller is told (the CLI's exit codes of CONTRACT
+§6) is the caller's to decide; the classes say only whose fault it is:
 
-    ActionError                    exit_code 1 unless noted
-    ├── NotFoundError              2: no such server / network / flavor / backend
-    ├── InvalidInputError          2: the request itself is wrong (bad CIDR, NIC index, ...)
-    ├── InvalidActionError         2: not one of ACTIONS (reference §e.5)
+    ActionError                    the action failed
+    ├── RequestError               the request itself is wrong:
+    │   ├── NotFoundError            no such server / network / flavor / backend
+    │   ├── InvalidInputError        a bad value (bad CIDR, NIC index, ...)
+    │   └── InvalidActionError       not one of ACTIONS (reference §e.5)
     ├── DeletedError               the object is deleted
     ├── InUseError                 live servers still have NICs on the network
     ├── BuildingError              the server is still in BUILD; only DESTROY is allowed
@@ -18,17 +20,12 @@ text that came back from a cluster.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any, ClassVar
+from typing import Any
 
+from dispatcher.oneline import one_line
 from dispatcher.rapi.errors import RapiError
 
-EXIT_FAILED, EXIT_USAGE = 1, 2
 _MAX_MESSAGE = 400
-
-
-def one_line(text: str, limit: int = _MAX_MESSAGE) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def scrub(text: str, secrets: Iterable[str | None] = ()) -> str:
@@ -39,23 +36,25 @@ def scrub(text: str, secrets: Iterable[str | None] = ()) -> str:
 
 
 class ActionError(Exception):
-    exit_code: ClassVar[int] = EXIT_FAILED
-
     def __init__(self, message: str) -> None:
-        super().__init__(one_line(message))
-        self.message = one_line(message)
+        super().__init__(one_line(message, _MAX_MESSAGE))
+        self.message = one_line(message, _MAX_MESSAGE)
 
 
-class NotFoundError(ActionError):
-    exit_code = EXIT_USAGE
+class RequestError(ActionError):
+    pass
 
 
-class InvalidInputError(ActionError):
-    exit_code = EXIT_USAGE
+class NotFoundError(RequestError):
+    pass
 
 
-class InvalidActionError(ActionError):
-    exit_code = EXIT_USAGE
+class InvalidInputError(RequestError):
+    pass
+
+
+class InvalidActionError(RequestError):
+    pass
 
 
 class DeletedError(ActionError):

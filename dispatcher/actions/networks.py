@@ -35,6 +35,7 @@ from dispatcher.actions.errors import (
 )
 from dispatcher.actions.jobs import wait_for_success
 from dispatcher.actions.servers import disconnect_from_network
+from dispatcher.core.names import network_name
 from dispatcher.db.models import (
     Backend,
     BackendNetwork,
@@ -43,7 +44,6 @@ from dispatcher.db.models import (
     NetworkInterface,
     VirtualMachine,
 )
-from dispatcher.names import network_name
 from dispatcher.rapi import Depends, RapiClient, RapiError, RapiNotFound
 from dispatcher.rapi.client import NETWORKS_SINCE
 

@@ -40,6 +40,8 @@ from dispatcher.actions.errors import (
     InvalidInputError,
     NotFoundError,
 )
+from dispatcher.core.names import instance_name, network_name
+from dispatcher.core.vm_state import TAG_FROM_FIREWALL
 from dispatcher.db.models import (
     Backend,
     Flavor,
@@ -50,9 +52,7 @@ from dispatcher.db.models import (
     VmEvent,
 )
 from dispatcher.logs import register_secret
-from dispatcher.names import instance_name, network_name
 from dispatcher.rapi import RapiClient, RapiError, RebootType, SoftwareVersion
-from dispatcher.vm_state import TAG_FROM_FIREWALL
 
 ACTIONS: Final = frozenset({"CREATE", "START", "STOP", "SUSPEND", "REBOOT", "DESTROY"})
 FIREWALL_PROFILES: Final = tuple(TAG_FROM_FIREWALL)  # ENABLED, DISABLED, PROTECTED

@@ -6,7 +6,6 @@ Exit codes: 0 success, 1 the operation failed (one line on stderr), 2 bad usage 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import sys
 from collections.abc import Sequence
@@ -14,12 +13,13 @@ from collections.abc import Sequence
 from pydantic import ValidationError
 from sqlalchemy import exc as sa_exc
 
-from dispatcher import __version__
-from dispatcher.cli import backends, daemon, eventd, flavors, networks, queues, servers, top
+from dispatcher import __version__, event_loop
+from dispatcher.cli import backends, eventd, flavors, networks, queues, servers, service, top
 from dispatcher.cli import reconcile as reconcile_cli
 from dispatcher.cli.common import EXIT_FAILED, EXIT_USAGE, CommandError, UsageError
 from dispatcher.db.errors import is_transient
 from dispatcher.logs import redact, register_settings_secrets, setup_logging
+from dispatcher.oneline import one_line
 from dispatcher.settings import Settings, load_settings, redact_url
 
 # above CRITICAL: a one-shot command reports its failure in one line of its own
@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="log to stderr at DISPATCHER_LOG_LEVEL (the daemons always do)",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    daemon.register(sub)
+    service.register(sub)
     backends.register(sub)
     flavors.register(sub)
     networks.register(sub)
@@ -76,7 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         setup_logging(QUIET, settings.log_format)
     try:
-        code: int = asyncio.run(args.handler(args, settings))
+        code: int = event_loop.run(settings, args.handler(args, settings))
         return code
     except UsageError as exc:
         print(f"dispatcher: {exc}", file=sys.stderr)
@@ -98,6 +98,5 @@ def _one_line(exc: BaseException, settings: Settings) -> str:
     if isinstance(exc, sa_exc.DBAPIError) and exc.orig is not None:
         # the driver's own words, without SQLAlchemy's statement dump and help link
         orig = exc.orig
-        return redact(f"database error at {where}: {type(orig).__name__}: {orig}")[:300]
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return redact(f"{type(exc).__name__}: {text}")[:300]
+        return redact(f"database error at {where}: {one_line(orig, 250)}")
+    return redact(one_line(exc, 300))

@@ -12,6 +12,7 @@ from dispatcher.actions import resources
 from dispatcher.cli.common import (
     CommandError,
     UsageError,
+    action_scope,
     command,
     emit_json,
     emit_object,
@@ -19,11 +20,10 @@ from dispatcher.cli.common import (
     read_secret_file,
     session_scope,
 )
-from dispatcher.cli.servers import action_scope
+from dispatcher.cli.views import backend_view
 from dispatcher.db.liveness import liveness
 from dispatcher.db.models import Backend, BackendNetwork, VirtualMachine
 from dispatcher.settings import Settings
-from dispatcher.views import backend_view
 
 COLUMNS = [
     "id",

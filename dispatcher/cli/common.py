@@ -7,13 +7,15 @@ import argparse
 import asyncio
 import json
 import sys
-from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from dispatcher import migrate as migrations
+from dispatcher.actions.clients import ClientPool, client_pool
+from dispatcher.actions.errors import ActionError, RequestError
 from dispatcher.db.engine import engine_scope
 from dispatcher.settings import Settings
 
@@ -26,6 +28,26 @@ class CommandError(Exception):
 
 class UsageError(Exception):
     """Bad usage or input (including an id that names nothing): exit 2."""
+
+
+@contextmanager
+def action_errors() -> Iterator[None]:
+    """The actions' errors to the CLI's exit codes: 2 when the request itself is wrong
+    (a bad value, an id that names nothing), 1 when the action failed."""
+    try:
+        yield
+    except RequestError as exc:
+        raise UsageError(exc.message) from None
+    except ActionError as exc:
+        raise CommandError(exc.message) from None
+
+
+@asynccontextmanager
+async def action_scope(settings: Settings) -> AsyncIterator[tuple[AsyncSession, ClientPool]]:
+    """A database session and one RAPI client per backend, for one action command."""
+    async with session_scope(settings) as s, client_pool(settings) as clients:
+        with action_errors():
+            yield s, clients
 
 
 Handler = Callable[[argparse.Namespace, Settings], Coroutine[Any, Any, int]]

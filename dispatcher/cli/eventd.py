@@ -9,13 +9,13 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from dispatcher.cli.common import CommandError, UsageError, command
+from dispatcher.core.messages import Name
 from dispatcher.eventd.config import load_eventd_settings, rapi_client
 from dispatcher.eventd.master import MasterCheck, local_names, read_ssconf
 from dispatcher.eventd.nics import RapiNicReader
 from dispatcher.eventd.progress_monitor import monitor
 from dispatcher.eventd.publisher import Publisher
 from dispatcher.eventd.service import EventdFailed, EventdOptions, run_eventd
-from dispatcher.messages import Name
 from dispatcher.settings import Settings
 
 

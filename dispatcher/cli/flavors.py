@@ -8,9 +8,9 @@ import sys
 from sqlalchemy import select
 
 from dispatcher.cli.common import UsageError, command, emit_json, emit_table, session_scope
+from dispatcher.cli.views import flavor_view
 from dispatcher.db.models import Flavor
 from dispatcher.settings import Settings
-from dispatcher.views import flavor_view
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -13,16 +13,16 @@ from dispatcher.actions import networks as actions
 from dispatcher.cli.common import (
     CommandError,
     UsageError,
+    action_scope,
     command,
     emit_json,
     emit_object,
     emit_table,
     session_scope,
 )
-from dispatcher.cli.servers import action_scope
+from dispatcher.cli.views import network_view
 from dispatcher.db.models import Network
 from dispatcher.settings import Settings
-from dispatcher.views import network_view
 
 COLUMNS = [
     "id",

@@ -8,8 +8,8 @@ from collections.abc import Iterator
 
 import aio_pika
 
-from dispatcher import deadletter
 from dispatcher.cli.common import CommandError, UsageError, command, emit_json
+from dispatcher.pipeline import deadletter
 from dispatcher.settings import Settings
 
 

@@ -1,5 +1,5 @@
 """``dispatcher reconcile servers|networks [--fix]``: what differs between the database and
-the clusters (see :mod:`dispatcher.reconcile`), repaired with ``--fix``.
+the clusters (see :mod:`dispatcher.actions.reconciliation`), repaired with ``--fix``.
 
 Exit 0 when every online backend was checked (differences found or not); 1 when a backend
 could not be read or a repair failed (the report is printed all the same)."""
@@ -9,9 +9,15 @@ from __future__ import annotations
 import argparse
 
 from dispatcher.actions.clients import client_pool
-from dispatcher.cli.common import CommandError, command, database, emit_json, emit_table
-from dispatcher.cli.servers import action_errors
-from dispatcher.reconcile import Report, reconcile_networks, reconcile_servers
+from dispatcher.actions.reconciliation import Report, reconcile_networks, reconcile_servers
+from dispatcher.cli.common import (
+    CommandError,
+    action_errors,
+    command,
+    database,
+    emit_json,
+    emit_table,
+)
 from dispatcher.settings import Settings
 
 COLUMNS = ["kind", "id", "name", "backend_id", "detail", "fix", "fixed", "error"]

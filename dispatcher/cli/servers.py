@@ -3,20 +3,19 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from dispatcher import server_refresh
 from dispatcher.actions import clients as action_clients
+from dispatcher.actions import refresh as server_refresh
 from dispatcher.actions import servers as actions
-from dispatcher.actions.errors import EXIT_USAGE, ActionError
 from dispatcher.cli.common import (
     CommandError,
     UsageError,
+    action_errors,
+    action_scope,
     command,
     database,
     emit_json,
@@ -25,9 +24,9 @@ from dispatcher.cli.common import (
     read_secret_file,
     session_scope,
 )
+from dispatcher.cli.views import diagnostic_view, event_view, server_view
 from dispatcher.db.models import VirtualMachine, VmDiagnostic, VmEvent
 from dispatcher.settings import Settings
-from dispatcher.views import diagnostic_view, event_view, server_view
 
 COLUMNS = [
     "id",
@@ -119,26 +118,6 @@ def _register_actions(server: argparse._SubParsersAction[argparse.ArgumentParser
     p.add_argument("id", type=int)
     p.add_argument("nic_index", type=int)
     command(p, disconnect)
-
-
-@contextmanager
-def action_errors() -> Iterator[None]:
-    """Typed action errors to the CLI's exit codes (2: bad input or id, 1: failed)."""
-    try:
-        yield
-    except ActionError as exc:
-        if exc.exit_code == EXIT_USAGE:
-            raise UsageError(exc.message) from None
-        raise CommandError(exc.message) from None
-
-
-@asynccontextmanager
-async def action_scope(
-    settings: Settings,
-) -> AsyncIterator[tuple[AsyncSession, action_clients.ClientPool]]:
-    async with session_scope(settings) as s, action_clients.client_pool(settings) as clients:
-        with action_errors():
-            yield s, clients
 
 
 def _emit_result(args: argparse.Namespace, result: actions.ActionResult, prefix: str) -> None:

@@ -6,8 +6,8 @@ from __future__ import annotations
 import argparse
 
 from dispatcher.cli.common import UsageError, command
-from dispatcher.cli.daemon import DEFAULT_MAX_SILENCE
-from dispatcher.health import probe_url
+from dispatcher.cli.service import DEFAULT_MAX_SILENCE
+from dispatcher.runtime.health import probe_url
 from dispatcher.settings import Settings
 
 

@@ -8,8 +8,8 @@ from datetime import UTC, datetime
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
+from dispatcher.core.heartbeat import Heartbeat, silence
 from dispatcher.db.models import Backend
-from dispatcher.heartbeat import Heartbeat, silence
 
 
 async def record_heartbeat(engine: AsyncEngine, hb: Heartbeat) -> bool:

@@ -23,6 +23,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
+from dispatcher.oneline import one_line
 from dispatcher.rapi.client import RapiClient
 from dispatcher.rapi.errors import RapiError, RapiNotFound
 
@@ -134,7 +135,7 @@ class RapiNicReader:
             "cannot read the NICs of %s from RAPI %s: %s; publishing without them%s",
             instance,
             self.client.base_url,
-            " ".join(str(exc).split()) or type(exc).__name__,
+            one_line(exc, kind=False),
             more,
         )
         self._last_warning, self._suppressed = now, 0

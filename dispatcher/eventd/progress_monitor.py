@@ -33,7 +33,7 @@ from typing import Any, Protocol
 
 from dispatcher.eventd.jobfile import routing_prefix
 from dispatcher.eventd.publisher import Outgoing
-from dispatcher.topology import routing_key_for
+from dispatcher.pipeline.topology import routing_key_for
 
 __all__ = ["ProgressSink", "monitor", "progress_message", "read_io"]
 

@@ -24,14 +24,12 @@ would grow for ever.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import logging
-import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any
 
 import aio_pika
 import aiormq
@@ -39,8 +37,10 @@ from aio_pika.abc import AbstractConnection, AbstractExchange
 from prometheus_client import Counter, Gauge
 
 from dispatcher import metrics
+from dispatcher.broker import BrokerLink
+from dispatcher.oneline import one_line
+from dispatcher.pipeline.topology import EXCHANGE
 from dispatcher.settings import redact_url
-from dispatcher.topology import EXCHANGE
 
 __all__ = ["ExchangeConflict", "Outgoing", "Publisher"]
 
@@ -63,13 +63,6 @@ DROPPED = Counter(
     registry=metrics.REGISTRY,
 )
 
-_CONNECTION_ERRORS: Final = (
-    TimeoutError,
-    OSError,
-    ConnectionError,
-    aio_pika.exceptions.AMQPError,
-    aiormq.exceptions.ChannelInvalidStateError,  # publishing on a channel that just closed
-)
 _seq = itertools.count()
 
 
@@ -98,19 +91,20 @@ class Publisher:
         nack_attempts: int = 5,
         warn_every: float = 60.0,
     ) -> None:
-        if not urls:
-            raise ValueError("no broker URL")
         if capacity < 1 or window < 1:
             raise ValueError("capacity and window must be positive")
-        self.urls = list(urls)
+        self._link = BrokerLink(
+            urls,
+            connection_name=connection_name,
+            connect=connect,
+            max_delay=max_delay,
+            warn_every=warn_every,
+            describe_waiting=lambda: f"{self.pending} messages waiting" if self.pending else "",
+        )
         self.capacity = capacity
         self.low_water = capacity // 2
         self.window = window
-        self.connection_name = connection_name
-        self._connect = connect
-        self.max_delay = max_delay
         self.nack_attempts = nack_attempts
-        self.warn_every = warn_every
         self._buffer: deque[Outgoing] = deque()
         self._inflight: dict[int, Outgoing] = {}
         self._nacks: dict[int, int] = {}
@@ -122,7 +116,10 @@ class Publisher:
         self._task: asyncio.Task[None] | None = None
         self.connected = False
         self.confirmed = 0
-        self.reconnects = 0
+
+    @property
+    def reconnects(self) -> int:
+        return self._link.reconnects
 
     # ------------------------------------------------------------------ caller side
 
@@ -214,58 +211,15 @@ class Publisher:
     # ------------------------------------------------------------------ broker side
 
     async def _run(self) -> None:
-        attempt, delay = 0, 0.5
-        failures, last_warning = 0, -float("inf")
-        ever_connected = False
-        while True:
-            url = self.urls[attempt % len(self.urls)]
-            attempt += 1
-            try:
-                conn = await self._connect(
-                    url, timeout=10, client_properties={"connection_name": self.connection_name}
-                )
-            except _CONNECTION_ERRORS as exc:
-                _reraise_cancellation()  # aiormq turns a cancelled connect into an error
-                failures += 1
-                now = time.monotonic()
-                if now - last_warning >= self.warn_every:
-                    log.warning(
-                        "broker %s unreachable (%s); %d messages waiting, retrying%s",
-                        redact_url(url),
-                        _short(exc),
-                        self.pending,
-                        f" ({failures} failed attempts so far)" if failures > 1 else "",
-                    )
-                    last_warning = now
-                else:
-                    log.debug("broker %s unreachable: %s", redact_url(url), _short(exc))
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self.max_delay)
-                continue
-            if ever_connected:
-                self.reconnects += 1
-            ever_connected = True
-            delay, failures, last_warning = 0.5, 0, -float("inf")
-            try:
-                await self._session(conn, url)
-            except ExchangeConflict:
-                raise
-            except _CONNECTION_ERRORS as exc:
-                _reraise_cancellation()
-                log.warning(
-                    "broker connection lost (%s); %d unconfirmed messages will be re-sent",
-                    _short(exc),
-                    self.pending,
-                )
-            except Exception:  # a surprise from the client library: reconnect all the same
-                _reraise_cancellation()
-                log.exception("unexpected error on the broker connection; reconnecting")
-                await asyncio.sleep(delay)
-            finally:
-                self._requeue_inflight()
-                self._set_connected(False)
-                with contextlib.suppress(Exception):
-                    await conn.close()
+        await self._link.run(self._connected, fatal=(ExchangeConflict,), resilient=True)
+
+    async def _connected(self, url: str, conn: AbstractConnection) -> None:
+        try:
+            await self._session(conn, url)
+        finally:
+            # every message not confirmed goes back to the front, in order, to be re-sent
+            self._requeue_inflight()
+            self._set_connected(False)
 
     async def _session(self, conn: AbstractConnection, url: str) -> None:
         closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -282,8 +236,8 @@ class Publisher:
             )
         except aiormq.exceptions.ChannelPreconditionFailed as exc:
             raise ExchangeConflict(
-                f"exchange {EXCHANGE!r} exists with other properties ({_short(exc)}); "
-                "it must be a durable topic exchange"
+                f"exchange {EXCHANGE!r} exists with other properties "
+                f"({one_line(exc, kind=False)}); it must be a durable topic exchange"
             ) from None
         self._set_connected(True)
         log.info(
@@ -359,22 +313,11 @@ class Publisher:
                 msg.type,
                 msg.routing_key,
                 count,
-                _short(exc),
+                one_line(exc, kind=False),
             )
             return
         self._nacks[msg.seq] = count
-        log.warning("broker refused a %s message (%s); re-sending", msg.type, _short(exc))
+        log.warning(
+            "broker refused a %s message (%s); re-sending", msg.type, one_line(exc, kind=False)
+        )
         self._buffer.appendleft(msg)
-
-
-def _reraise_cancellation() -> None:
-    """Raise CancelledError if our task is being cancelled: a library that converted the
-    cancellation into another exception must not make ``close()`` wait for ever."""
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError
-
-
-def _short(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text[:200]

@@ -34,7 +34,6 @@ import contextlib
 import json
 import logging
 import os
-import signal
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Sequence
@@ -45,6 +44,10 @@ from typing import Protocol
 from prometheus_client import Gauge
 
 from dispatcher import metrics
+from dispatcher.core.heartbeat import ROUTING_KEY as HEARTBEAT_KEY
+from dispatcher.core.heartbeat import TYPE as HEARTBEAT_TYPE
+from dispatcher.core.heartbeat import heartbeat_body
+from dispatcher.core.messages import InvalidMessage, parse
 from dispatcher.eventd.inotify import (
     IN_CLOSE_WRITE,
     IN_DELETE,
@@ -65,12 +68,9 @@ from dispatcher.eventd.jobfile import (
 from dispatcher.eventd.master import MasterCheck
 from dispatcher.eventd.nics import NicReader
 from dispatcher.eventd.publisher import Outgoing, Publisher
-from dispatcher.health import HealthServer
-from dispatcher.heartbeat import ROUTING_KEY as HEARTBEAT_KEY
-from dispatcher.heartbeat import TYPE as HEARTBEAT_TYPE
-from dispatcher.heartbeat import heartbeat_body
-from dispatcher.messages import InvalidMessage, parse
-from dispatcher.sdnotify import Notifier, watchdog_task
+from dispatcher.runtime.health import HealthServer
+from dispatcher.runtime.sdnotify import Notifier, watchdog_task
+from dispatcher.runtime.signals import stop_on_signals
 
 __all__ = ["Dedupe", "EventService", "EventdOptions", "Sink", "run_eventd"]
 
@@ -420,7 +420,6 @@ async def run_eventd(
     """Run until ``stop`` (or SIGTERM/SIGINT); with ``opts.once``, publish what is there and
     return. ``sink`` replaces the broker publisher (tests)."""
     stop = stop or asyncio.Event()
-    loop = asyncio.get_running_loop()
     notifier = Notifier()
     publisher: Publisher | None = None
     if sink is None:
@@ -435,52 +434,43 @@ async def run_eventd(
         dedupe=Dedupe(opts.dedupe_jobs, opts.dedupe_ttl),
     )
 
-    def on_signal() -> None:
-        if not stop.is_set():
-            notifier.stopping("stopping")
-            log.info("stop requested")
-        stop.set()
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, on_signal)
-    tasks: list[asyncio.Task[None]] = []
-    try:
-        async with contextlib.AsyncExitStack() as stack:
-            if not opts.once:
-                await _enter_health(stack, opts, service, publisher, notifier)
+    with stop_on_signals(stop, notifier):
+        tasks: list[asyncio.Task[None]] = []
+        try:
+            async with contextlib.AsyncExitStack() as stack:
+                if not opts.once:
+                    await _enter_health(stack, opts, service, publisher, notifier)
+                if publisher is not None:
+                    publisher.start()
+                await _enter_watch(stack, opts, service)
+                found = service.rescan()
+                tasks.append(asyncio.create_task(service.run(), name="eventd-worker"))
+                if opts.once:
+                    return await _once(service, publisher, opts, found, stop)
+                tasks.extend(_background(service, opts))
+                log.info(
+                    "watching %s for cluster %s (%d job files at start)",
+                    opts.queue_dir,
+                    opts.cluster,
+                    found,
+                )
+                notifier.ready(f"watching {opts.queue_dir}")
+                if on_ready is not None:
+                    on_ready(service)
+                await _until_stopped(stop, service, publisher, tasks)
+                service.watching = False
+                await _flush(publisher, opts.shutdown_grace)
+                log.info("stopped")
+                return 0
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
             if publisher is not None:
-                publisher.start()
-            await _enter_watch(stack, opts, service)
-            found = service.rescan()
-            tasks.append(asyncio.create_task(service.run(), name="eventd-worker"))
-            if opts.once:
-                return await _once(service, publisher, opts, found, stop)
-            tasks.extend(_background(service, opts))
-            log.info(
-                "watching %s for cluster %s (%d job files at start)",
-                opts.queue_dir,
-                opts.cluster,
-                found,
-            )
-            notifier.ready(f"watching {opts.queue_dir}")
-            if on_ready is not None:
-                on_ready(service)
-            await _until_stopped(stop, service, publisher, tasks)
-            service.watching = False
-            await _flush(publisher, opts.shutdown_grace)
-            log.info("stopped")
-            return 0
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        if publisher is not None:
-            await publisher.close(0)
-        if opts.nics is not None:
-            await opts.nics.aclose()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(sig)
-        notifier.close()
+                await publisher.close(0)
+            if opts.nics is not None:
+                await opts.nics.aclose()
+            notifier.close()
 
 
 async def _enter_health(

@@ -32,6 +32,8 @@ from typing import ClassVar
 
 import httpx
 
+from dispatcher.oneline import one_line
+
 __all__ = [
     "RapiAuthError",
     "RapiBadRequest",
@@ -182,7 +184,7 @@ def error_from_response(status: int, content: bytes, *, method: str, path: str) 
     elif isinstance(data, str):
         message = html.unescape(data)
     if message is None:
-        message = " ".join(text.split())[:200] or "no error message"
+        message = one_line(text) or "no error message"
     return _class_for_status(status)(
         message,
         status=status,

@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from dispatcher.cli.common import database
 from dispatcher.logs import redact
+from dispatcher.oneline import one_line
 from dispatcher.settings import Settings
 from dispatcher.top.render import render
 from dispatcher.top.snapshot import Snapshot, new_snapshot, rates, read_daemon, read_database
@@ -36,7 +37,7 @@ class _Screen:
             async with AsyncSession(self.engine) as s:
                 await read_database(s, snap, self.args.events)
         except Exception as exc:  # noqa: BLE001 - shown as a banner; the next refresh retries
-            snap.database_error = redact(" ".join(f"{type(exc).__name__}: {exc}".split()))[:120]
+            snap.database_error = redact(one_line(exc, 120))
         await read_daemon(self.http, self.url, snap)
         return snap
 

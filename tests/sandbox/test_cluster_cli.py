@@ -21,10 +21,10 @@ from typing import Any
 
 import pytest
 
+from dispatcher.actions.reconciliation import SIM_LOGMSG
+from dispatcher.pipeline.topology import routing_key_for
 from dispatcher.rapi import RapiClient, RapiError, RapiNotFound
-from dispatcher.reconcile import SIM_LOGMSG
-from dispatcher.simulate import publish
-from dispatcher.topology import routing_key_for
+from dispatcher.simulation.publish import publish
 from tests.support import Env, async_wait_until, daemon
 
 pytestmark = pytest.mark.sandbox

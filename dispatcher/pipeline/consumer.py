@@ -21,7 +21,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 import aio_pika
-import aiormq
 from aio_pika.abc import (
     AbstractChannel,
     AbstractConnection,
@@ -30,14 +29,25 @@ from aio_pika.abc import (
 )
 from aiormq.abc import DeliveredMessage
 
-from dispatcher import dlq_depth, metrics
+from dispatcher import metrics
+from dispatcher.broker import BrokerLink
+from dispatcher.core.handling import (
+    ERROR_HEADER,
+    FAILED_AT_HEADER,
+    ORIG_EXCHANGE_HEADER,
+    ORIG_KEY_HEADER,
+    QUEUE_HEADER,
+    RETRIES_HEADER,
+    Outcome,
+)
+from dispatcher.core.heartbeat import Heartbeat, parse_heartbeat
+from dispatcher.core.messages import InvalidMessage
 from dispatcher.db.errors import DbProblem
-from dispatcher.heartbeat import Heartbeat, parse_heartbeat
 from dispatcher.logs import log_context
-from dispatcher.messages import InvalidMessage
-from dispatcher.processor import RETRIES_HEADER, Decision, Delivery, Processor, Verdict
-from dispatcher.settings import Settings, redact_url
-from dispatcher.topology import (
+from dispatcher.oneline import one_line
+from dispatcher.pipeline import dlq_depth
+from dispatcher.pipeline.processor import Decision, Delivery, Processor
+from dispatcher.pipeline.topology import (
     DL_EXCHANGE,
     EXCHANGE,
     QueueSpec,
@@ -46,24 +56,11 @@ from dispatcher.topology import (
     declare_heartbeat,
     queues,
 )
+from dispatcher.settings import Settings, redact_url
 
 log = logging.getLogger(__name__)
 
-ERROR_HEADER = "x-dispatcher-error"
-QUEUE_HEADER = "x-dispatcher-queue"
-ORIG_EXCHANGE_HEADER = "x-dispatcher-original-exchange"
-ORIG_KEY_HEADER = "x-dispatcher-original-routing-key"
-FAILED_AT_HEADER = "x-dispatcher-failed-at"
-
 _STOP = object()
-# A channel that died with its connection (a broker node killed) is reported as
-# ChannelInvalidStateError, a RuntimeError, sometimes before the connection says it is closed.
-_BROKER_ERRORS = (
-    OSError,
-    TimeoutError,
-    aio_pika.exceptions.AMQPError,
-    aiormq.exceptions.ChannelInvalidStateError,
-)
 
 
 @dataclass
@@ -87,54 +84,34 @@ class Consumer:
     ) -> None:
         self._settings = settings
         self._processor = processor
-        self._connect = connect
         self._on_heartbeat = on_heartbeat
         self.state = state or ConsumerState()
         self._specs = queues(settings.prefix)
+        self._link = BrokerLink(
+            settings.amqp_urls,
+            connection_name="ganeti-dispatcher",
+            connect=connect,
+            on_reconnect=self._reconnected,
+        )
 
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until ``stop`` is set; reconnect by itself after any broker failure."""
-        try:
-            await self._run(stop)
-        finally:
-            await self._processor.close()
 
-    async def _run(self, stop: asyncio.Event) -> None:
-        urls = self._settings.amqp_urls
-        attempt, delay = 0, 0.5
-        first = True
-        while not stop.is_set():
-            url = urls[attempt % len(urls)]
-            attempt += 1
-            try:
-                conn = await self._connect(
-                    url, timeout=10, client_properties={"connection_name": "ganeti-dispatcher"}
-                )
-            except _BROKER_ERRORS as exc:
-                log.warning("broker %s unreachable: %s", redact_url(url), _short(exc))
-                await _wait(stop, delay)
-                delay = min(delay * 2, 10.0)
-                continue
-            delay = 0.5
-            if not first:
-                self.state.reconnects += 1
-                metrics.AMQP_RECONNECTS.inc()
-            first = False
+        async def session(url: str, conn: AbstractConnection) -> None:
             log.info("connected to broker %s", redact_url(url))
             try:
                 await self._session(conn, stop)
-            except TopologyError:
-                raise
-            except Exception as exc:
-                # an ack or publish on a channel that just died fails with whatever type the
-                # client raises; once the connection is gone, it is a broker failure
-                if not (conn.is_closed or isinstance(exc, _BROKER_ERRORS)):
-                    raise
-                log.warning("broker connection lost: %s", _short(exc))
             finally:
                 self._set_connected(False)
-                with contextlib.suppress(Exception):
-                    await conn.close()
+
+        try:
+            await self._link.run(session, stop=stop, fatal=(TopologyError,))
+        finally:
+            await self._processor.close()
+
+    def _reconnected(self) -> None:
+        self.state.reconnects += 1
+        metrics.AMQP_RECONNECTS.inc()
 
     def _set_connected(self, up: bool) -> None:
         self.state.broker_connected = up
@@ -220,7 +197,7 @@ class Consumer:
             except InvalidMessage as exc:
                 log.warning("heartbeat dropped: %s", exc.reason)
             except Exception as exc:  # noqa: BLE001 - the next heartbeat tries again
-                log.warning("heartbeat not recorded: %s", _short(exc))
+                log.warning("heartbeat not recorded: %s", one_line(exc))
 
         await queue.consume(on_heartbeat, no_ack=True)
 
@@ -232,10 +209,15 @@ class Consumer:
         stop: asyncio.Event,
     ) -> None:
         limit = self._settings.batch_size
+        wait = self._settings.batch_wait
         while True:
             item = await buffer.get()
             if item is _STOP:
                 return
+            if wait and buffer.qsize() < limit - 1:
+                # let the first message wait a little for company: at a steady rate, fewer
+                # and fuller transactions cost less CPU (and fewer commits) per message
+                await asyncio.sleep(wait)
             batch = [item]
             finishing = False
             while len(batch) < limit and not buffer.empty():
@@ -258,9 +240,9 @@ class Consumer:
         deliveries = [Delivery(spec, m.body, _headers(m)) for spec, m in batch]
         decisions = await self._processor.handle(deliveries)
         for (spec, message), decision in zip(batch, decisions, strict=True):
-            if decision.verdict is Verdict.DEAD_LETTER:
+            if decision.outcome is Outcome.DEAD_LETTER:
                 await self._dead_letter(dl_exchange, spec, message, decision.reason)
-            elif decision.verdict is Verdict.RETRY:
+            elif decision.outcome is Outcome.RETRY:
                 await self._requeue(channel, spec, message, decision.reason)
         last = batch[-1][1]
         assert last.delivery_tag is not None
@@ -282,13 +264,13 @@ class Consumer:
         debug = log.isEnabledFor(logging.DEBUG)
         info = log.isEnabledFor(logging.INFO)
         for (spec, _), d in zip(batch, decisions, strict=True):
-            counts[(spec.name, d.verdict.value)] += 1
+            counts[(spec.name, d.outcome.value)] += 1
             msg = d.message
-            if d.verdict is Verdict.APPLIED and msg is not None:
+            if d.outcome is Outcome.APPLIED and msg is not None:
                 metrics.EVENT_LAG.observe(max(0.0, now - msg.event_time_us / 1e6))
-            if d.verdict in (Verdict.DEAD_LETTER, Verdict.RETRY):
+            if d.outcome in (Outcome.DEAD_LETTER, Outcome.RETRY):
                 level = logging.WARNING
-            elif d.verdict is Verdict.IGNORED:
+            elif d.outcome is Outcome.IGNORED:
                 if not info:
                     continue
                 level = logging.INFO
@@ -296,7 +278,7 @@ class Consumer:
                 level = logging.DEBUG
             else:
                 continue
-            fields: dict[str, Any] = {"queue": spec.name, "outcome": d.verdict.value}
+            fields: dict[str, Any] = {"queue": spec.name, "outcome": d.outcome.value}
             if msg is not None:
                 fields["type"] = msg.type
                 fields["instance" if hasattr(msg, "instance") else "network"] = getattr(
@@ -306,11 +288,11 @@ class Consumer:
                     fields["job_id"] = job
             with log_context(**fields):
                 if level == logging.WARNING:
-                    log.warning("message %s: %s", d.verdict.value, d.reason)
+                    log.warning("message %s: %s", d.outcome.value, d.reason)
                 elif level == logging.INFO:
                     log.info("message ignored: %s", d.reason)
                 else:
-                    log.debug("message %s", d.verdict.value)
+                    log.debug("message %s", d.outcome.value)
         for (queue, outcome), n in counts.items():
             metrics.MESSAGES.labels(queue, outcome).inc(n)
 
@@ -367,12 +349,3 @@ def _copy(message: DeliveredMessage, headers: dict[str, Any]) -> aio_pika.Messag
         message_id=props.message_id,
         timestamp=props.timestamp,
     )
-
-
-async def _wait(stop: asyncio.Event, delay: float) -> None:
-    with contextlib.suppress(asyncio.TimeoutError):
-        await asyncio.wait_for(stop.wait(), delay)
-
-
-def _short(exc: BaseException) -> str:
-    return " ".join(f"{type(exc).__name__}: {exc}".split())[:200]

@@ -9,28 +9,13 @@ import aio_pika
 import aiormq
 from aio_pika.abc import AbstractChannel, AbstractQueue
 
-from dispatcher import heartbeat
+from dispatcher.core import heartbeat
+from dispatcher.core.kinds import STREAMS
+from dispatcher.oneline import one_line
 from dispatcher.settings import QueueType, Settings
 
 EXCHANGE: Final = "ganeti"
 DL_EXCHANGE: Final = "ganeti-dl"
-
-# stream -> message types accepted on its queue
-STREAMS: Final[dict[str, frozenset[str]]] = {
-    "op": frozenset({"ganeti-op-status"}),
-    "net": frozenset({"ganeti-net-status"}),
-    "network": frozenset({"ganeti-network-status"}),
-    "progress": frozenset(
-        {
-            "ganeti-create-progress",
-            "image-copy-progress",
-            "image-info",
-            "image-warning",
-            "image-error",
-            "image-helper",
-        }
-    ),
-}
 
 
 class TopologyError(RuntimeError):
@@ -90,7 +75,8 @@ async def declare(channel: AbstractChannel, settings: Settings) -> dict[str, Abs
                 queue = await channel.declare_queue(name, durable=True, arguments=args)
             except aiormq.exceptions.ChannelPreconditionFailed as exc:
                 raise TopologyError(
-                    f"queue {name!r} already exists with other arguments ({_reason(exc)}); "
+                    f"queue {name!r} already exists with other arguments "
+                    f"({one_line(exc, kind=False)}); "
                     f"set DISPATCHER_QUEUE_TYPE={other} if it is a {other} queue, "
                     "or remove the queue yourself"
                 ) from None
@@ -101,7 +87,7 @@ async def declare(channel: AbstractChannel, settings: Settings) -> dict[str, Abs
 
 
 async def declare_heartbeat(channel: AbstractChannel, settings: Settings) -> AbstractQueue:
-    """The deployment's heartbeat queue (see :mod:`dispatcher.heartbeat`): bounded, since
+    """The deployment's heartbeat queue (see :mod:`dispatcher.core.heartbeat`): bounded, since
     only the newest heartbeat of each cluster matters."""
     exchange = await channel.declare_exchange(EXCHANGE, aio_pika.ExchangeType.TOPIC, durable=True)
     name = heartbeat.queue_name(settings.prefix)
@@ -112,13 +98,8 @@ async def declare_heartbeat(channel: AbstractChannel, settings: Settings) -> Abs
         queue = await channel.declare_queue(name, durable=True, arguments=args)
     except aiormq.exceptions.ChannelPreconditionFailed as exc:
         raise TopologyError(
-            f"queue {name!r} already exists with other arguments ({_reason(exc)}); "
+            f"queue {name!r} already exists with other arguments ({one_line(exc, kind=False)}); "
             "remove the queue yourself (it holds only heartbeats)"
         ) from None
     await queue.bind(exchange, routing_key=heartbeat.ROUTING_KEY)
     return queue
-
-
-def _reason(exc: BaseException) -> str:
-    text = " ".join(str(a) for a in exc.args) or type(exc).__name__
-    return " ".join(text.split())[:200]

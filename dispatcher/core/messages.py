@@ -25,6 +25,9 @@ from pydantic import (
 )
 from pydantic_core import from_json
 
+from dispatcher.core.kinds import TYPES
+from dispatcher.oneline import one_line
+
 MAX_BODY: Final = 1024 * 1024
 
 Status = Literal["queued", "waiting", "canceling", "running", "canceled", "success", "error"]
@@ -59,11 +62,13 @@ Number = Annotated[StrictInt | StrictFloat, Field(allow_inf_nan=False)]
 Name = StrictStr
 
 
-class _Model(BaseModel):
+class WireModel(BaseModel):
+    """What every wire model shares: unknown fields ignored, strict types, immutable."""
+
     model_config = ConfigDict(extra="ignore", strict=True, frozen=True)
 
 
-class Nic(_Model):
+class Nic(WireModel):
     network: Name
     mac: StrictStr | None = None
     ip: StrictStr | None = None
@@ -74,7 +79,7 @@ class Nic(_Model):
     name: StrictStr | None = None
 
 
-class _Event(_Model):
+class _Event(WireModel):
     event_time: EventTime
 
     @property
@@ -149,17 +154,15 @@ Message = VmMessage | NetworkStatus
 
 _ADAPTER: Final[TypeAdapter[Message]] = TypeAdapter(Annotated[Message, Field(discriminator="type")])
 
-TYPES: Final = (
-    "ganeti-op-status",
-    "ganeti-net-status",
-    "ganeti-network-status",
-    "ganeti-create-progress",
-    "image-copy-progress",
-    "image-info",
-    "image-warning",
-    "image-error",
-    "image-helper",
-)
+
+def load_stored(body: str | dict[str, Any]) -> Message:
+    """A message this code validated and stored itself (a history row), read back.
+
+    The history queries read jsonb as text (``body::text``): one pass of the Rust JSON
+    validator instead of json.loads (SQLAlchemy's jsonb codec) plus validate_python."""
+    if isinstance(body, str):
+        return _ADAPTER.validate_json(body)
+    return _ADAPTER.validate_python(body)
 
 
 class InvalidMessage(ValueError):
@@ -206,19 +209,14 @@ def _explain(body: bytes, exc: ValidationError) -> str:
     try:
         doc = from_json(body)
     except ValueError as bad:
-        return f"not JSON: {_clip(str(bad))}"
+        return f"not JSON: {one_line(str(bad))}"
     if not isinstance(doc, dict):
         return f"not a JSON object but {type(doc).__name__}"
     kind = doc.get("type")
     if kind not in TYPES:
-        return f"unknown type {_clip(repr(kind))}"
+        return f"unknown type {one_line(repr(kind))}"
     parts = []
     for err in exc.errors(include_url=False)[:3]:
         loc = ".".join(str(p) for p in err["loc"][1:]) or "(body)"
         parts.append(f"{loc}: {err['msg']}")
-    return _clip(f"invalid {kind}: " + "; ".join(parts), 500)
-
-
-def _clip(text: str, limit: int = 200) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    return one_line(f"invalid {kind}: " + "; ".join(parts), 500)

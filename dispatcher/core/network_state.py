@@ -7,7 +7,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Final
 
-from dispatcher.messages import NetworkStatus
+from dispatcher.core.messages import NetworkStatus
 
 BN_STATE_FROM_OPCODE: Final[Mapping[str, str]] = {
     "OP_NETWORK_ADD": "PENDING",

@@ -13,25 +13,15 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from enum import StrEnum
 from typing import Any, Protocol
 
+from dispatcher.core.handling import RETRIES_HEADER, Incoming, Outcome, Result
+from dispatcher.core.messages import InvalidMessage, Message, parse
 from dispatcher.db.errors import DbProblem, db_problem
-from dispatcher.db.store import Incoming, Outcome, Result
-from dispatcher.messages import InvalidMessage, Message, parse
-from dispatcher.topology import QueueSpec
+from dispatcher.oneline import one_line
+from dispatcher.pipeline.topology import QueueSpec
 
 log = logging.getLogger(__name__)
-
-RETRIES_HEADER = "x-dispatcher-retries"
-
-
-class Verdict(StrEnum):
-    APPLIED = "applied"
-    DUPLICATE = "duplicate"
-    IGNORED = "ignored"
-    DEAD_LETTER = "dead_lettered"
-    RETRY = "retried"
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,7 +33,7 @@ class Delivery:
 
 @dataclass(frozen=True, slots=True)
 class Decision:
-    verdict: Verdict
+    outcome: Outcome
     reason: str = ""
     message: Message | None = None
 
@@ -83,11 +73,11 @@ class Processor:
             try:
                 msg = parse(d.body)
             except InvalidMessage as exc:
-                decisions[i] = Decision(Verdict.DEAD_LETTER, exc.reason)
+                decisions[i] = Decision(Outcome.DEAD_LETTER, exc.reason)
                 continue
             if msg.type not in d.queue.accepts:
                 reason = f"type {msg.type!r} is not accepted on queue {d.queue.name}"
-                decisions[i] = Decision(Verdict.DEAD_LETTER, reason, msg)
+                decisions[i] = Decision(Outcome.DEAD_LETTER, reason, msg)
                 continue
             valid.append((i, Incoming.of(msg)))
         if valid:
@@ -115,7 +105,7 @@ class Processor:
                 i, inc = part[0]
                 decisions[i] = self._failed(exc, inc, batch[i])
                 return
-            log.warning("batch of %d failed (%s); splitting it", len(part), _short(exc))
+            log.warning("batch of %d failed (%s); splitting it", len(part), one_line(exc))
             mid = len(part) // 2
             await self._apply_or_split(part[:mid], batch, decisions)
             await self._apply_or_split(part[mid:], batch, decisions)
@@ -128,8 +118,8 @@ class Processor:
         reason = f"processing failed: {type(exc).__name__}: {exc}"[:500]
         log.error("message failed (attempt %d): %s", tries + 1, reason)
         if tries < self._max_retries:
-            return Decision(Verdict.RETRY, reason, inc.msg)
-        return Decision(Verdict.DEAD_LETTER, f"{reason} (after {tries + 1} attempts)", inc.msg)
+            return Decision(Outcome.RETRY, reason, inc.msg)
+        return Decision(Outcome.DEAD_LETTER, f"{reason} (after {tries + 1} attempts)", inc.msg)
 
     async def _apply_with_db_retry(self, items: list[Incoming]) -> list[Result]:
         delay = 0.1
@@ -147,7 +137,7 @@ class Processor:
                 log.warning(
                     "%s (%s); holding %d messages, retrying in %.1f s",
                     problem.value,
-                    _short(exc),
+                    one_line(exc),
                     len(items),
                     delay,
                 )
@@ -159,18 +149,9 @@ class Processor:
 
 
 def _decision(res: Result, msg: Message) -> Decision:
-    verdict = {
-        Outcome.APPLIED: Verdict.APPLIED,
-        Outcome.DUPLICATE: Verdict.DUPLICATE,
-        Outcome.IGNORED: Verdict.IGNORED,
-    }[res.outcome]
-    return Decision(verdict, res.reason, msg)
+    return Decision(res.outcome, res.reason, msg)
 
 
 def _retries(headers: Mapping[str, Any]) -> int:
     value = headers.get(RETRIES_HEADER, 0)
     return value if isinstance(value, int) and value >= 0 else 0
-
-
-def _short(exc: BaseException) -> str:
-    return " ".join(f"{type(exc).__name__}: {exc}".split())[:200]

@@ -12,21 +12,10 @@ from __future__ import annotations
 import struct
 from typing import Final
 
-from dispatcher.messages import STATUS_RANK, Message, NetworkStatus, OpStatus
+from dispatcher.core.kinds import RANK
+from dispatcher.core.messages import STATUS_RANK, Message, NetworkStatus, OpStatus
 
 _KEY: Final = struct.Struct(">QQBB")
-_KIND: Final = {
-    "ganeti-net-status": 0,
-    "ganeti-create-progress": 1,
-    "image-copy-progress": 1,
-    "image-info": 2,
-    "image-warning": 2,
-    "image-error": 2,
-    "image-helper": 2,
-    "ganeti-op-status": 3,
-    "ganeti-network-status": 3,
-}
-KIND_CODE: Final = {name: i for i, name in enumerate(sorted(_KIND))}
 
 
 def sort_key(msg: Message, digest: bytes) -> bytes:
@@ -34,4 +23,4 @@ def sort_key(msg: Message, digest: bytes) -> bytes:
         job, status = msg.jobId + 1, STATUS_RANK[msg.status]
     else:
         job, status = 0, 0
-    return _KEY.pack(msg.event_time_us, job, status, _KIND[msg.type]) + digest
+    return _KEY.pack(msg.event_time_us, job, status, RANK[msg.type]) + digest

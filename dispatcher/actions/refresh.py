@@ -20,12 +20,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from dispatcher.actions.clients import ClientPool, call
 from dispatcher.actions.errors import ActionError, DeletedError, InvalidInputError
 from dispatcher.actions.jobs import job_error, wait_for_job
+from dispatcher.actions.reconciliation import Report, reconcile_one_server
 from dispatcher.actions.servers import load_server, server_backend
+from dispatcher.core.handling import Incoming, Outcome
+from dispatcher.core.messages import parse
+from dispatcher.core.names import instance_name
 from dispatcher.db.models import Backend
-from dispatcher.db.store import EventStore, Incoming, Outcome
-from dispatcher.messages import parse
-from dispatcher.names import instance_name
-from dispatcher.reconcile import Report, reconcile_one_server
+from dispatcher.db.store import EventStore
 
 ADMIN_LOGMSG: Final = "Admin set-state"
 # the state -> the opcode (and status) whose event gives it under CONTRACT §5.3; BUILD has

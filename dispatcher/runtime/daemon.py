@@ -6,22 +6,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import signal
 from collections.abc import Callable
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from dispatcher import metrics, migrate
-from dispatcher.consumer import Consumer, ConsumerState
+from dispatcher.core.messages import Message
 from dispatcher.db.engine import engine_scope
 from dispatcher.db.errors import DbProblem, is_transient
 from dispatcher.db.liveness import liveness, record_heartbeat
 from dispatcher.db.store import EventStore
-from dispatcher.health import HealthServer
-from dispatcher.messages import Message
-from dispatcher.processor import Processor
-from dispatcher.sdnotify import Notifier, watchdog_task
+from dispatcher.pipeline.consumer import Consumer, ConsumerState
+from dispatcher.pipeline.processor import Processor
+from dispatcher.runtime.health import HealthServer
+from dispatcher.runtime.sdnotify import Notifier, watchdog_task
+from dispatcher.runtime.signals import stop_on_signals
 from dispatcher.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -98,20 +98,11 @@ def _ignore(_: object) -> None:
 
 async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> int:
     stop = stop or asyncio.Event()
-    loop = asyncio.get_running_loop()
     notifier = Notifier()
-
-    def on_signal() -> None:
-        if not stop.is_set():
-            notifier.stopping("stopping")
-            log.info("stop requested")
-        stop.set()
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, on_signal)
     state = ConsumerState()
     try:
         async with contextlib.AsyncExitStack() as stack:
+            stack.enter_context(stop_on_signals(stop, notifier))
             engine = await stack.enter_async_context(engine_scope(settings))
 
             async def readiness() -> dict[str, bool]:
@@ -163,6 +154,4 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None) -> int:
             log.info("stopped")
             return 0
     finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(sig)
         notifier.close()

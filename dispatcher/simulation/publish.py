@@ -16,20 +16,20 @@ import aio_pika
 from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from dispatcher.core.names import instance_name
+from dispatcher.core.times import datetime_from_us, iso
+from dispatcher.core.vm_state import VmContext
 from dispatcher.db.models import Backend, Flavor, Network, VirtualMachine
 from dispatcher.eventd.publisher import Outgoing, Publisher
-from dispatcher.names import instance_name
+from dispatcher.pipeline.topology import declare
 from dispatcher.settings import Settings
-from dispatcher.simulation import (
+from dispatcher.simulation.streams import (
     Generator,
     SimNetwork,
     Stream,
     expected_backend_network,
     expected_vm,
 )
-from dispatcher.topology import declare
-from dispatcher.views import iso
-from dispatcher.vm_state import VmContext
 
 SIM_CLUSTER = "sim.gnt.test"
 
@@ -160,9 +160,7 @@ def expectations(stream: Stream, world: World, prefix: str) -> dict[str, Any]:
 
 
 def _iso_us(us: int | None) -> str | None:
-    from dispatcher.db.store import _ts
-
-    return iso(_ts(us))
+    return iso(datetime_from_us(us))
 
 
 async def publish(

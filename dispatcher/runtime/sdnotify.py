@@ -18,9 +18,13 @@ import os
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 
+from dispatcher.oneline import one_line
+
 __all__ = ["Notifier", "watchdog_interval", "watchdog_loop", "watchdog_task"]
 
 log = logging.getLogger(__name__)
+# a status line is for a human reading `systemctl status`: one line, but whole
+_STATUS_MAX = 2000
 
 
 def _socket_address(value: str) -> str | None:
@@ -70,15 +74,19 @@ class Notifier:
 
     def ready(self, status: str | None = None) -> bool:
         """``READY=1``: startup finished (consuming). Optionally with a ``STATUS=`` line."""
-        return self.notify("READY=1" + (f"\nSTATUS={_one_line(status)}" if status else ""))
+        return self.notify(
+            "READY=1" + (f"\nSTATUS={one_line(status, _STATUS_MAX)}" if status else "")
+        )
 
     def status(self, text: str) -> bool:
         """``STATUS=text``: shown by ``systemctl status``."""
-        return self.notify(f"STATUS={_one_line(text)}")
+        return self.notify(f"STATUS={one_line(text, _STATUS_MAX)}")
 
     def stopping(self, status: str | None = None) -> bool:
         """``STOPPING=1``: shutdown began (draining)."""
-        return self.notify("STOPPING=1" + (f"\nSTATUS={_one_line(status)}" if status else ""))
+        return self.notify(
+            "STOPPING=1" + (f"\nSTATUS={one_line(status, _STATUS_MAX)}" if status else "")
+        )
 
     def reloading(self) -> bool:
         """``RELOADING=1`` (send :meth:`ready` when done)."""
@@ -102,10 +110,6 @@ class Notifier:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
-
-
-def _one_line(text: str) -> str:
-    return " ".join(text.splitlines())
 
 
 def watchdog_interval(env: Mapping[str, str] | None = None) -> float | None:

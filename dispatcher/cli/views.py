@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any
 
+from dispatcher.core.names import instance_name, network_name
+from dispatcher.core.times import iso
 from dispatcher.db.models import (
     Backend,
     BackendNetwork,
@@ -14,13 +15,6 @@ from dispatcher.db.models import (
     VmDiagnostic,
     VmEvent,
 )
-from dispatcher.names import instance_name, network_name
-
-
-def iso(ts: datetime | None) -> str | None:
-    if ts is None:
-        return None
-    return ts.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 def server_view(vm: VirtualMachine, prefix: str) -> dict[str, Any]:

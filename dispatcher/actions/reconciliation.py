@@ -56,17 +56,18 @@ from dispatcher.actions.networks import (
     placement,
     submit_remove,
 )
-from dispatcher.db.models import Backend, BackendNetwork, Network, VirtualMachine
-from dispatcher.db.store import EventStore, Incoming, Outcome, refresh_network_states
-from dispatcher.messages import Nic, parse
-from dispatcher.names import (
+from dispatcher.core.handling import Incoming, Outcome
+from dispatcher.core.messages import Nic, parse
+from dispatcher.core.names import (
     instance_name,
     network_id_from_name,
     network_name,
     vm_id_from_instance,
 )
+from dispatcher.core.vm_state import NicState, VmContext, build_nics
+from dispatcher.db.models import Backend, BackendNetwork, Network, VirtualMachine
+from dispatcher.db.store import EventStore, refresh_network_states
 from dispatcher.rapi import RapiClient, RapiError, RapiNotFound
-from dispatcher.vm_state import NicState, VmContext, build_nics
 
 SIM_LOGMSG: Final = "Reconciliation: simulated Ganeti event"
 # a create whose job id is not recorded yet is given this long before it counts as failed

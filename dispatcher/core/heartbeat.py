@@ -18,7 +18,7 @@ from typing import Final, Literal
 
 from pydantic import Field, StrictInt, StrictStr, ValidationError
 
-from dispatcher.messages import EventTime, InvalidMessage, _Model
+from dispatcher.core.messages import EventTime, InvalidMessage, WireModel
 
 TYPE: Final = "ganeti-eventd-heartbeat"
 ROUTING_KEY: Final = "ganeti.eventd.heartbeat"
@@ -31,7 +31,7 @@ def queue_name(prefix: str) -> str:
     return f"{prefix}-heartbeat"
 
 
-class Heartbeat(_Model):
+class Heartbeat(WireModel):
     type: Literal["ganeti-eventd-heartbeat"]
     cluster: StrictStr
     node: StrictStr | None = None

@@ -16,12 +16,12 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from dispatcher.messages import NetworkStatus, VmMessage, parse
-from dispatcher.names import instance_name, network_name
-from dispatcher.network_state import BnState, fold_network
-from dispatcher.ordering import sort_key
-from dispatcher.topology import routing_key_for
-from dispatcher.vm_state import VmContext, VmState, fold
+from dispatcher.core.messages import NetworkStatus, VmMessage, parse
+from dispatcher.core.names import instance_name, network_name
+from dispatcher.core.network_state import BnState, fold_network
+from dispatcher.core.ordering import sort_key
+from dispatcher.core.vm_state import VmContext, VmState, fold
+from dispatcher.pipeline.topology import routing_key_for
 
 FIREWALLS = ("protected", "unprotected", "limited", None)
 

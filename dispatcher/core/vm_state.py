@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Final
 
-from dispatcher.messages import (
+from dispatcher.core.messages import (
     CreateProgress,
     ImageCopyProgress,
     ImageDiagnostic,
@@ -21,7 +21,7 @@ from dispatcher.messages import (
     OpStatus,
     VmMessage,
 )
-from dispatcher.names import network_id_from_name
+from dispatcher.core.names import network_id_from_name
 
 OPER_STATE_FROM_OPCODE: Final[Mapping[str, str]] = {
     "OP_INSTANCE_CREATE": "STARTED",

@@ -17,18 +17,17 @@ from aio_pika.abc import (
     AbstractQueue,
 )
 
-from dispatcher.consumer import (
+from dispatcher.core.handling import (
+    DL_RETRIES_HEADER,
     ERROR_HEADER,
     FAILED_AT_HEADER,
     ORIG_EXCHANGE_HEADER,
     ORIG_KEY_HEADER,
     QUEUE_HEADER,
+    RETRIES_HEADER,
 )
-from dispatcher.processor import RETRIES_HEADER
+from dispatcher.pipeline.topology import EXCHANGE, QueueSpec, queues
 from dispatcher.settings import Settings
-from dispatcher.topology import EXCHANGE, QueueSpec, queues
-
-DL_RETRIES_HEADER = "x-dispatcher-dl-retries"
 
 
 class UnknownQueue(ValueError):

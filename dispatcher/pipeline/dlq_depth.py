@@ -12,7 +12,7 @@ import logging
 from aio_pika.abc import AbstractConnection
 
 from dispatcher import metrics
-from dispatcher.topology import QueueSpec
+from dispatcher.pipeline.topology import QueueSpec
 
 log = logging.getLogger(__name__)
 

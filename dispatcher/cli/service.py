@@ -7,7 +7,6 @@ import argparse
 import sys
 from pathlib import Path
 
-from dispatcher import daemon as daemon_main
 from dispatcher import migrate as migrations
 from dispatcher.cli.common import (
     CommandError,
@@ -20,9 +19,10 @@ from dispatcher.cli.common import (
 )
 from dispatcher.db.engine import engine_scope
 from dispatcher.db.liveness import liveness
-from dispatcher.health import healthcheck_main
+from dispatcher.pipeline.topology import TopologyError
+from dispatcher.runtime import daemon as daemon_main
+from dispatcher.runtime.health import healthcheck_main
 from dispatcher.settings import Settings
-from dispatcher.topology import TopologyError
 
 # three missed heartbeats at eventd's default interval
 DEFAULT_MAX_SILENCE = 90.0
@@ -88,7 +88,7 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def simulate(args: argparse.Namespace, settings: Settings) -> int:
-    from dispatcher.simulate import simulate as simulate_stream
+    from dispatcher.simulation.publish import simulate as simulate_stream
 
     if args.vms < 1 or args.rate < 0 or not 0 <= args.duplicates <= 1 or args.reorder < 0:
         raise UsageError("--vms must be ≥ 1, --rate ≥ 0, --duplicates within 0-1, --reorder ≥ 0")
