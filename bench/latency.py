@@ -45,13 +45,13 @@ from bench.run import (
     log,
     paced_publish,
     percentile,
-    pg_dsn,
     profiled,
     service_urls,
     sql,
     stream_for,
     world_of,
 )
+from tests.support import pg_dsn
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 ATTEMPTS = 3  # of a phase that a broker or database outage disturbed

@@ -50,7 +50,6 @@ import multiprocessing
 import os
 import secrets
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -60,7 +59,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import aio_pika
 import asyncpg
@@ -75,9 +73,8 @@ from dispatcher.pipeline.topology import queues
 from dispatcher.settings import Settings
 from dispatcher.simulation.publish import SIM_CLUSTER, World, create_world, publish
 from dispatcher.simulation.streams import Generator
+from tests.support import PYTHON, ROOT, SERVICES, free_port, pg_dsn, script_env, with_db
 
-ROOT = Path(__file__).resolve().parent.parent
-PYTHON = sys.executable
 OPSTATE = {
     "OP_INSTANCE_CREATE": "STARTED",
     "OP_INSTANCE_STARTUP": "STARTED",
@@ -108,26 +105,8 @@ def service_urls() -> tuple[str, str]:
     db, amqp = os.environ.get("DISPATCHER_DATABASE_URL"), os.environ.get("DISPATCHER_AMQP_URL")
     if db and amqp:
         return db, amqp
-    out = subprocess.run(
-        ["bash", str(ROOT / "scripts/services.sh"), "env"],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
-    env = {}
-    for line in out.splitlines():
-        k, _, v = line.removeprefix("export ").strip().partition("=")
-        env[k] = v.strip("'\"")
+    env = script_env(SERVICES)
     return db or env["DISPATCHER_DATABASE_URL"], amqp or env["DISPATCHER_AMQP_URL"]
-
-
-def with_db(url: str, db: str) -> str:
-    p = urlsplit(url)
-    return urlunsplit((p.scheme, p.netloc, f"/{db}", p.query, p.fragment))
-
-
-def pg_dsn(url: str) -> str:
-    return url.replace("postgresql+asyncpg://", "postgresql://", 1)
 
 
 @dataclass
@@ -367,12 +346,6 @@ async def naive_apply(
 
 # ------------------------------------------------------------------------------------------
 # 3. dispatcher run
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

@@ -30,7 +30,6 @@ from typing import Any
 
 from bench.run import (
     _TRIGGER,
-    ROOT,
     Bench,
     CommitListener,
     Daemon,
@@ -40,13 +39,13 @@ from bench.run import (
     log,
     paced_publish,
     percentile,
-    pg_dsn,
     publish_backlog,
     service_urls,
     sql,
     stream_for,
     world_of,
 )
+from tests.support import ROOT, pg_dsn
 
 CLUSTER = str(ROOT / "scripts/rabbitmq-cluster.sh")
 CLUSTER_URLS = [f"amqp://guest:guest@127.0.0.1:{5680 + n}/" for n in (1, 2, 3)]

@@ -11,38 +11,27 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 
-from tests.support import PYTHON, ROOT, Env, pg_dsn, unique_prefix, with_db
+from tests.support import (
+    PYTHON,
+    ROOT,
+    SERVICES,
+    Env,
+    pg_dsn,
+    run_script,
+    script_env,
+    unique_prefix,
+    with_db,
+)
 
 ADMIN_DB = "postgres"
 # per session: concurrent pytest sessions must not clone each other's half-migrated template
 TEMPLATE = f"dispatcher_test_tpl_{os.getpid()}"
 
 
-def _service_env() -> dict[str, str]:
-    subprocess.run(
-        ["bash", str(ROOT / "scripts/services.sh"), "start"],
-        check=True,
-        capture_output=True,
-        timeout=600,
-    )
-    out = subprocess.run(
-        ["bash", str(ROOT / "scripts/services.sh"), "env"],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
-    env = {}
-    for line in out.splitlines():
-        line = line.removeprefix("export ").strip()
-        if "=" in line:
-            k, v = line.split("=", 1)
-            env[k] = v.strip("'\"")
-    return env
-
-
 @pytest.fixture(scope="session")
 def service_env() -> dict[str, str]:
-    env = _service_env()
+    run_script(SERVICES, "start", timeout=600)
+    env = script_env(SERVICES)
     env.setdefault(
         "DISPATCHER_TEST_DATABASE_URL", os.environ.get("DISPATCHER_TEST_DATABASE_URL", "")
     )

@@ -16,13 +16,19 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
+if TYPE_CHECKING:
+    from dispatcher.rapi import RapiClient
+    from dispatcher.settings import Settings
+
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
+SERVICES = ROOT / "scripts" / "services.sh"
+SANDBOX = ROOT / "scripts" / "ganeti-sandbox.sh"
 
 
 def wait_until(
@@ -87,6 +93,56 @@ def as_postgres(database: str, sql: str) -> str:
     ).stdout
 
 
+def run_script(script: Path, *args: str, timeout: float) -> str:
+    """``bash script args...``'s output; a failure raises with the script's own stderr."""
+    done = subprocess.run(
+        ["bash", str(script), *args], capture_output=True, text=True, timeout=timeout
+    )
+    if done.returncode != 0:
+        raise RuntimeError(
+            f"scripts/{script.name} {' '.join(args)} exited {done.returncode}: "
+            f"{done.stderr.strip()[-2000:]}"
+        )
+    return done.stdout
+
+
+def script_env(script: Path) -> dict[str, str]:
+    """The variables ``script env`` prints (``export K='v'`` lines), as a dict."""
+    env: dict[str, str] = {}
+    for line in run_script(script, "env", timeout=60).splitlines():
+        key, sep, value = line.removeprefix("export ").strip().partition("=")
+        if sep:
+            env[key] = value.strip("'\"")
+    return env
+
+
+def sandbox_env() -> dict[str, str]:
+    """The Ganeti sandbox's ``env`` (GANETI_SANDBOX_HOST, _PORT, ...), started if it is not
+    up; skips the test where the checkout has no sandbox script."""
+    import pytest  # here, not above: bench/ imports this module without pytest's plugins
+
+    if not SANDBOX.exists():
+        pytest.skip("scripts/ganeti-sandbox.sh is not in this checkout")
+    run_script(SANDBOX, "start", timeout=900)  # idempotent: a no-op when the cluster is up
+    return script_env(SANDBOX)
+
+
+def sandbox_client(
+    env: dict[str, str], password: str | None = None, timeout: float = 60
+) -> RapiClient:
+    """A RapiClient on the sandbox of ``env``; ``password`` overrides the real one."""
+    from dispatcher.rapi import RapiClient
+
+    return RapiClient(
+        env["GANETI_SANDBOX_HOST"],
+        int(env["GANETI_SANDBOX_PORT"]),
+        env["GANETI_SANDBOX_USER"],
+        password or Path(env["GANETI_SANDBOX_PASSWORD_FILE"]).read_text().strip(),
+        ca_pem=Path(env["GANETI_SANDBOX_CA_FILE"]).read_text(),
+        timeout=timeout,
+    )
+
+
 def unique_prefix() -> str:
     return "t" + secrets.token_hex(4)
 
@@ -128,10 +184,10 @@ class Env:
     def json(self, *args: str) -> Any:
         return json.loads(self.cli(*args, "--json").stdout)
 
-    def settings(self, **overrides: Any) -> Any:
+    def settings(self, **overrides: Any) -> Settings:
         from dispatcher.settings import Settings
 
-        values = {
+        values: dict[str, Any] = {
             k[len("DISPATCHER_") :].lower(): v
             for k, v in self.vars.items()
             if k.startswith("DISPATCHER_")

@@ -1025,7 +1025,7 @@ async def test_network_remove_refused_changes_nothing(session: AsyncSession) -> 
 
 
 def test_sum_resources_counts_usable_nodes_and_nulls_as_zero() -> None:
-    nodes = [
+    nodes: list[dict[str, Any]] = [
         {
             "mfree": 100,
             "mtotal": 200,

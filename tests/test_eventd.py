@@ -91,11 +91,13 @@ def op(
 
 def job(
     job_id: int,
-    *ops: dict[str, Any],
+    *ops: object,
     received: list[int] | None = None,
     start: list[int] | None = None,
-    end: list[int] | None = None,
+    end: Sequence[object] | None = None,
 ) -> dict[str, Any]:
+    """A job file's document; ``ops`` and ``end`` are loose because the tests of malformed
+    files put in what Ganeti never writes (an op that is a string, a bad timestamp)."""
     doc: dict[str, Any] = {
         "id": job_id,
         "ops": list(ops),
@@ -697,7 +699,8 @@ async def eventd_in_process(
         queue_dir=queue, cluster=CLUSTER, nics=nics, master=master, master_poll=master_poll
     )
     task = asyncio.create_task(run_eventd(opts, sink=sink, stop=stop, on_ready=ready.set_result))
-    done, _ = await asyncio.wait({task, ready}, timeout=10, return_when=asyncio.FIRST_COMPLETED)
+    started: set[asyncio.Future[Any]] = {task, ready}
+    done, _ = await asyncio.wait(started, timeout=10, return_when=asyncio.FIRST_COMPLETED)
     if task in done:
         task.result()
     service = await ready
@@ -889,7 +892,8 @@ async def test_queue_dir_removed_is_an_error(tmp_path: Path) -> None:
     ready: asyncio.Future[EventService] = asyncio.get_running_loop().create_future()
     task = asyncio.create_task(run_eventd(opts, sink=ListSink(), on_ready=ready.set_result))
     # once ready it is watching, so the removal is noticed
-    await asyncio.wait({task, ready}, timeout=10, return_when=asyncio.FIRST_COMPLETED)
+    started: set[asyncio.Future[Any]] = {task, ready}
+    await asyncio.wait(started, timeout=10, return_when=asyncio.FIRST_COMPLETED)
     assert ready.done(), task
     queue.rmdir()
     from dispatcher.eventd.service import EventdFailed

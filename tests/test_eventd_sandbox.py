@@ -23,7 +23,7 @@ import signal
 import socket
 import ssl
 import subprocess
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,47 +34,22 @@ from dispatcher.core.messages import STATUS_RANK
 from dispatcher.eventd.nics import nics_from_instance
 from dispatcher.rapi import RapiClient
 from dispatcher.rapi.errors import RapiError
-from tests.support import PYTHON, ROOT, unique_prefix
+from tests.support import PYTHON, ROOT, SANDBOX, sandbox_client, sandbox_env, unique_prefix
 from tests.test_eventd import bound_queue, collect_until
 
 pytestmark = pytest.mark.sandbox
 
-SCRIPT = ROOT / "scripts" / "ganeti-sandbox.sh"
 AMQP = "amqp://guest:guest@127.0.0.1:5672/"
-
-
-def _script(*args: str, timeout: float) -> str:
-    done = subprocess.run(
-        ["bash", str(SCRIPT), *args], capture_output=True, text=True, timeout=timeout
-    )
-    if done.returncode != 0:
-        raise RuntimeError(f"ganeti-sandbox.sh {' '.join(args)}: {done.stderr.strip()[-2000:]}")
-    return done.stdout
 
 
 @pytest.fixture(scope="module")
 def sandbox(service_env: dict[str, str]) -> dict[str, str]:
-    if not SCRIPT.exists():
-        pytest.skip("scripts/ganeti-sandbox.sh is not in this checkout")
-    _script("start", timeout=900)  # idempotent
-    env: dict[str, str] = {}
-    for line in _script("env", timeout=60).splitlines():
-        key, sep, value = line.removeprefix("export ").strip().partition("=")
-        if sep:
-            env[key] = value.strip("'\"")
-    return env
+    return sandbox_env()
 
 
 @pytest.fixture
 async def rapi(sandbox: dict[str, str]) -> AsyncIterator[RapiClient]:
-    async with RapiClient(
-        sandbox["GANETI_SANDBOX_HOST"],
-        int(sandbox["GANETI_SANDBOX_PORT"]),
-        sandbox["GANETI_SANDBOX_USER"],
-        Path(sandbox["GANETI_SANDBOX_PASSWORD_FILE"]).read_text().strip(),
-        ca_pem=Path(sandbox["GANETI_SANDBOX_CA_FILE"]).read_text(),
-        timeout=60,
-    ) as client:
+    async with sandbox_client(sandbox) as client:
         yield client
 
 
@@ -142,11 +117,12 @@ async def _job_ok(rapi: RapiClient, job_id: int) -> dict[str, Any]:
 
 
 async def _cleanup(rapi: RapiClient, instance: str, network: str) -> None:
-    for step in (
+    steps: list[Callable[[], Awaitable[int]]] = [
         lambda: rapi.delete_instance(instance),
         lambda: rapi.disconnect_network(network, "default"),
         lambda: rapi.delete_network(network),
-    ):
+    ]
+    for step in steps:
         with contextlib.suppress(RapiError, TimeoutError):
             await rapi.wait_for_job(await step(), timeout=180)
 
@@ -278,14 +254,14 @@ def monitor_prefix(command: str) -> Iterator[None]:
     SANDBOX_MONITOR_CMD interface), and take it away again afterwards."""
     env = {**os.environ, "SANDBOX_MONITOR_CMD": command}
     subprocess.run(
-        ["bash", str(SCRIPT), "start"], env=env, check=True, capture_output=True, timeout=900
+        ["bash", str(SANDBOX), "start"], env=env, check=True, capture_output=True, timeout=900
     )
     try:
         yield
     finally:
         env.pop("SANDBOX_MONITOR_CMD")
         subprocess.run(
-            ["bash", str(SCRIPT), "start"], env=env, check=True, capture_output=True, timeout=900
+            ["bash", str(SANDBOX), "start"], env=env, check=True, capture_output=True, timeout=900
         )
 
 

@@ -893,7 +893,7 @@ def fuzz_bodies(prefix: str, count: int) -> list[tuple[str, bytes]]:
         max_leaves=20,
     )
     # for each field, values of a type (or range) the contract rejects
-    wrong_for = {
+    wrong_for: dict[str, list[Any]] = {
         "type": [5, None, "ganeti-op", ["ganeti-op-status"]],
         "instance": [5, None, ["a"], {"a": 1}, "i" * 256],
         "network": [5, None, ["a"], "n" * 256],

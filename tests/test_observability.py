@@ -64,9 +64,12 @@ def test_notify_ready_after_consuming_watchdog_and_stopping(env: Env, tmp_path: 
         first = pings()
         wait_until(lambda: pings() >= first + 3, 10, 0.05, "watchdog pings")
         d.signal(signal.SIGTERM)
-        wait_until(
-            lambda: (drain(), any("STOPPING=1" in m for _, m in got))[1], 10, 0.05, "STOPPING=1"
-        )
+
+        def stopping() -> bool:
+            drain()
+            return any("STOPPING=1" in m for _, m in got)
+
+        wait_until(stopping, 10, 0.05, "STOPPING=1")
         assert d.proc is not None
         assert d.proc.wait(15) == 0
     finally:

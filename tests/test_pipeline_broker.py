@@ -40,11 +40,11 @@ async def _publish_raw(env: Env, routing_key: str, body: bytes) -> None:
 
 
 async def _dead_letters(env: Env, queue: str) -> list[dict[str, Any]]:
-    return env.json("queue", "inspect", queue)  # type: ignore[no-any-return]
+    return env.json("queue", "inspect", queue)
 
 
 def _server(env: Env, vm_id: int) -> dict[str, Any]:
-    return env.json("server", "show", str(vm_id))  # type: ignore[no-any-return]
+    return env.json("server", "show", str(vm_id))
 
 
 async def test_each_type_is_applied(env: Env) -> None:

@@ -170,10 +170,11 @@ async def test_monitor_gated_reader_rising_then_100(image: Path, tmp_path: Path)
             io = read_io(pid)
             assert io is not None
             expected = round(io["rchar"] * 100 / (8 * MIB), 2)
-            await until_true(
-                lambda want=expected: sink.values()[-1:] == [want],
-                what=f"the progress after MiB {chunk}",
-            )
+
+            def shown(want: float = expected) -> bool:
+                return sink.values()[-1:] == [want]
+
+            await until_true(shown, what=f"the progress after MiB {chunk}")
             os.write(gate, b"g")
         rc = await asyncio.wait_for(task, 30)
     finally:
@@ -247,7 +248,11 @@ async def test_progress_monitor_dd_against_the_broker(amqp_url: str, image: Path
         while chunk := await proc.stdout.read(64 * 1024):
             copied += len(chunk)
             if mib < 8 and copied >= mib * MIB:
-                got += await collect_until(queue, lambda b, k=mib: b["rprogress"] >= 12.5 * k)
+
+                def reached(b: dict[str, Any], k: int = mib) -> bool:
+                    return b["rprogress"] >= 12.5 * k
+
+                got += await collect_until(queue, reached)
                 mib += 1
         _, err = await proc.communicate()
         assert proc.returncode == 0, err.decode()

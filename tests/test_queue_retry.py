@@ -15,7 +15,7 @@ T0 = 1_795_000_000
 
 
 def _server(env: Env, vm_id: int) -> dict[str, Any]:
-    return env.json("server", "show", str(vm_id))  # type: ignore[no-any-return]
+    return env.json("server", "show", str(vm_id))
 
 
 async def test_retry_sends_dead_letters_back_where_they_came_from(env: Env) -> None:
@@ -32,7 +32,7 @@ async def test_retry_sends_dead_letters_back_where_they_came_from(env: Env) -> N
         await publish(env.settings(), [(routing_key_for(env.prefix, msg["type"]), msg)])
 
         async def dead() -> list[dict[str, Any]]:
-            return env.json("queue", "inspect", op_queue)  # type: ignore[no-any-return]
+            return env.json("queue", "inspect", op_queue)
 
         letters = await async_wait_until(dead, 60, 0.3, "dead letter")
     assert len(letters) == 1
@@ -63,7 +63,7 @@ async def test_retry_of_an_invalid_message_dead_letters_it_again(env: Env) -> No
         await publish(env.settings(), [(f"ganeti.{env.prefix}.event.op", bad)])
 
         async def dead() -> list[dict[str, Any]]:
-            return env.json("queue", "inspect", op_queue)  # type: ignore[no-any-return]
+            return env.json("queue", "inspect", op_queue)
 
         first = await async_wait_until(dead, 60, 0.3, "dead letter")
         # the plain listing shows each reason and the whole body

@@ -86,12 +86,11 @@ async def test_the_live_screen_follows_a_stream(env: Env, tmp_path: Path) -> Non
             bars = [_line(first, build_line)]
             for t, pct in enumerate((30, 70), start=1):
                 await send(progress(pct, t))
-                screen = wait_until(
-                    lambda pct=pct: tmux.screen_if(
-                        lambda s: _line(s, build_line).endswith(f" {pct}%")
-                    ),
-                    60, 0.2, f"the bar at {pct}%",
-                )  # fmt: skip
+
+                def bar_at(pct: int = pct) -> str:
+                    return tmux.screen_if(lambda s: _line(s, build_line).endswith(f" {pct}%"))
+
+                screen = wait_until(bar_at, 60, 0.2, f"the bar at {pct}%")
                 bars.append(_line(screen, build_line))
             # the bar itself moves: its filled part (drawn in its own glyphs) grows
             assert bars[0] != bars[1] != bars[2]

@@ -11,49 +11,25 @@ import secrets
 import shutil
 import subprocess
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
 from dispatcher.rapi import RapiClient, RapiNotFound, RapiUnauthorized
+from tests.support import sandbox_client, sandbox_env
 
 pytestmark = pytest.mark.sandbox
 
-ROOT = Path(__file__).resolve().parents[2]
-SCRIPT = ROOT / "scripts" / "ganeti-sandbox.sh"
 NODE = "node1.gnt.test"
 JOB_BUDGET = 120.0  # seconds; queue latency is normally 1-2 s, allow for slow machines
 
 
-def _sandbox_env() -> dict[str, str]:
-    if not SCRIPT.exists():
-        pytest.skip("scripts/ganeti-sandbox.sh is not in this checkout")
-    subprocess.run(["bash", str(SCRIPT), "start"], check=True, capture_output=True, timeout=900)
-    out = subprocess.run(
-        ["bash", str(SCRIPT), "env"], check=True, capture_output=True, text=True, timeout=60
-    ).stdout
-    env: dict[str, str] = {}
-    for line in out.splitlines():
-        line = line.removeprefix("export ").strip()
-        if "=" in line:
-            key, value = line.split("=", 1)
-            env[key] = value.strip("'\"")
-    return env
-
-
 @pytest.fixture(scope="module")
 def sandbox() -> dict[str, str]:
-    return _sandbox_env()
+    return sandbox_env()
 
 
 def _client(env: dict[str, str], password: str | None = None) -> RapiClient:
-    return RapiClient(
-        env["GANETI_SANDBOX_HOST"],
-        int(env["GANETI_SANDBOX_PORT"]),
-        env["GANETI_SANDBOX_USER"],
-        password or Path(env["GANETI_SANDBOX_PASSWORD_FILE"]).read_text().strip(),
-        ca_pem=Path(env["GANETI_SANDBOX_CA_FILE"]).read_text(),
-    )
+    return sandbox_client(env, password, timeout=30)
 
 
 @pytest.fixture
