@@ -12,11 +12,12 @@ cd "$ROOT"
 cleanup() {
     local rc=$?
     trap - EXIT INT TERM
-    # the cluster test stops its own cluster; this catches a run killed half-way
-    if [ -d /run/ganeti-dispatcher-cluster ]; then
-        bash scripts/rabbitmq-cluster.sh stop || { [ "$rc" != 0 ] || rc=1; }
-    fi
     if [ "${KEEP_SERVICES:-0}" != 1 ]; then
+        # the cluster test stops its own cluster; this catches a run killed half-way (not
+        # with KEEP_SERVICES=1: the cluster may be another session's, running beside this one)
+        if [ -d /run/ganeti-dispatcher-cluster ]; then
+            bash scripts/rabbitmq-cluster.sh stop || { [ "$rc" != 0 ] || rc=1; }
+        fi
         bash scripts/ganeti-sandbox.sh stop || { [ "$rc" != 0 ] || rc=1; }
         bash scripts/services.sh stop || { [ "$rc" != 0 ] || rc=1; }
     else
