@@ -68,6 +68,7 @@ from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 
 from dispatcher.core.messages import InvalidMessage, NetworkStatus, OpStatus, parse
 from dispatcher.core.names import network_id_from_name, vm_id_from_instance
+from dispatcher.core.times import datetime_from_us
 from dispatcher.db.models import Backend, BackendNetwork, VirtualMachine
 from dispatcher.pipeline.topology import queues
 from dispatcher.settings import Settings
@@ -310,8 +311,6 @@ async def naive_apply(
 ) -> None:
     msg = parse(body)
     us = msg.event_time_us
-    from dispatcher.core.times import datetime_from_us as _ts
-
     async with sessions() as s, s.begin():
         if isinstance(msg, NetworkStatus):
             net_id = network_id_from_name(prefix, msg.network)
@@ -325,7 +324,7 @@ async def naive_apply(
                 return
             bn.backendjobid, bn.backendopcode = msg.jobId, msg.operation
             bn.backendjobstatus, bn.backendlogmsg = msg.status, msg.logmsg
-            bn.backendtime = _ts(us)
+            bn.backendtime = datetime_from_us(us)
             if msg.status == "success" and msg.operation in BN_OPSTATE:
                 bn.operstate = BN_OPSTATE[msg.operation]
             return
@@ -341,7 +340,7 @@ async def naive_apply(
                 vm.deleted = msg.operation == "OP_INSTANCE_REMOVE"
         elif hasattr(msg, "rprogress"):
             vm.buildpercentage = min(100, max(0, int(msg.rprogress)))
-        vm.backendtime = _ts(us)
+        vm.backendtime = datetime_from_us(us)
 
 
 # ------------------------------------------------------------------------------------------

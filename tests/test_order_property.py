@@ -33,7 +33,7 @@ from dispatcher.core.messages import Message, NetworkStatus, VmMessage, parse
 from dispatcher.core.names import instance_name, network_name
 from dispatcher.core.network_state import BnState, fold_network, network_state
 from dispatcher.core.ordering import sort_key
-from dispatcher.core.times import datetime_from_us as _ts
+from dispatcher.core.times import datetime_from_us
 from dispatcher.core.vm_state import Diagnostic, NicState, VmContext, VmState, fold
 from dispatcher.db.engine import engine_scope
 from dispatcher.db.store import EventStore
@@ -532,7 +532,7 @@ def _vm_row(st_: VmState) -> dict[str, Any]:
         "backendjobstatus": st_.backendjobstatus,
         "backendlogmsg": st_.backendlogmsg,
         "buildpercentage": st_.buildpercentage,
-        "backendtime": _ts(st_.backendtime_us),
+        "backendtime": datetime_from_us(st_.backendtime_us),
     }
 
 
@@ -545,7 +545,7 @@ def _bn_row(st_: BnState) -> dict[str, Any]:
         "backendopcode": st_.backendopcode,
         "backendjobstatus": st_.backendjobstatus,
         "backendlogmsg": st_.backendlogmsg,
-        "backendtime": _ts(st_.backendtime_us),
+        "backendtime": datetime_from_us(st_.backendtime_us),
         "state": state,
         "net_deleted": deleted,
     }
@@ -582,7 +582,8 @@ async def _observed(env: Env, vm_ids: list[int], net_ids: list[int], backend_id:
 
 def _diag_rows(diags: Sequence[Diagnostic]) -> set[tuple[Any, ...]]:
     return {
-        (d.digest, d.level, d.source, _ts(d.source_time_us), d.message, d.details) for d in diags
+        (d.digest, d.level, d.source, datetime_from_us(d.source_time_us), d.message, d.details)
+        for d in diags
     }
 
 
